@@ -1,0 +1,187 @@
+"""The ``sentinel`` command line (contract section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor.config import AppConfig, load_config
+from monitor.errors import ConfigError
+from monitor.logs import configure_logging
+from monitor.pipeline import ClosedWindow, Pipeline, RawMessage
+from monitor.windows import Position
+from storage import StorageError, Store, make_engine, migrate
+
+log = logging.getLogger("sentinel.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentinel", description="Watch deployed ML models for drift and attack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the daemon: consume, window, detect, store")
+    run.add_argument("--config", type=Path, help="YAML configuration file (or SENTINEL_CONFIG)")
+
+    replay = sub.add_parser("replay", help="feed a JSONL file of events through the pipeline, then exit")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--config", type=Path)
+    replay.add_argument("--db", help="database URL (overrides the configuration)")
+    replay.add_argument("--json", action="store_true", help="print each stored window result as JSON")
+
+    demo = sub.add_parser("demo", help="the main job on embedded defaults: broker, SQLite, a model under attack")
+    demo.add_argument("--fast", action="store_true", help="shorter windows and phases")
+    demo.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
+    demo.add_argument("--db", help="database URL (default: SQLite in ./sentinel-demo)")
+
+    alerts = sub.add_parser("alerts", help="query the alert history")
+    alerts.add_argument("--config", type=Path)
+    alerts.add_argument("--db", help="database URL (overrides the configuration)")
+    alerts.add_argument("--model")
+    alerts.add_argument("--since", help="RFC 3339 time")
+    alerts.add_argument("--limit", type=int, default=50)
+    alerts.add_argument("--json", action="store_true")
+
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema")
+    mig.add_argument("--config", type=Path)
+    mig.add_argument("--db", help="database URL (overrides the configuration)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from monitor.demo import run_demo
+
+            return run_demo(fast=args.fast, bootstrap_servers=args.bootstrap_servers, database_url=args.db)
+        config = _config(args)
+        configure_logging(config.log.level, config.log.json_lines)
+        if args.command == "run":
+            from monitor.daemon import Daemon
+
+            daemon = Daemon(config)
+            daemon.install_signal_handlers()
+            return daemon.run()
+        if args.command == "replay":
+            return replay(args.file, config, as_json=args.json)
+        if args.command == "migrate":
+            migrate(make_engine(config.database_url))
+            print(f"database schema is up to date ({_redacted(config.database_url)})")
+            return 0
+        if args.command == "alerts":
+            return _alerts(config, args)
+    except ConfigError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"sentinel: database error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    config = load_config(getattr(args, "config", None))
+    db = getattr(args, "db", None)
+    if db:
+        config = config.model_copy(update={"database_url": db})
+    return config
+
+
+def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: object = None) -> int:
+    """Feed a JSONL file through the pipeline on event time only, close every window, exit."""
+    stream = out if out is not None else sys.stdout
+    engine = make_engine(config.database_url)
+    migrate(engine)
+    store = Store(engine)
+
+    def show(closed: ClosedWindow) -> None:
+        print(format_window(closed, as_json=as_json), file=stream)  # type: ignore[call-overload]
+
+    pipeline = Pipeline(config, store, live=False, on_window=show)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        print(f"sentinel: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with handle:
+        for number, line in enumerate(handle):
+            pipeline.ingest(RawMessage(line.rstrip(b"\r\n"), Position(str(path), 0, number)))
+            if number % 200 == 0:
+                pipeline.flush()
+                pipeline.fit_pending()
+                pipeline.close_due()
+    pipeline.flush()
+    pipeline.fit_pending()
+    pipeline.close_due(final=True)
+    counters = pipeline.counters
+    print(
+        f"replayed {counters['consumed']} messages: {counters['accepted']} accepted, "
+        f"{counters['rejected']} dead-lettered, {counters['duplicates']} duplicates, {counters['late']} late",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
+    """One line per stored window: its span, count and each detector's verdict."""
+    stored = closed.stored
+    if as_json:
+        return json.dumps({
+            "model": stored.model,
+            "window_start": stored.start.isoformat(),
+            "window_end": stored.end.isoformat(),
+            "n_events": stored.n_events,
+            "results": [
+                {
+                    "detector": r.detector, "status": r.status.value, "statistic": r.statistic,
+                    "threshold": r.threshold, "p_value": r.p_value, "reason": r.reason,
+                }
+                for r in closed.results
+            ],
+        })
+    verdicts = []
+    for r in closed.results:
+        if r.status.value == "skipped":
+            verdicts.append(f"{r.detector}: skipped ({r.reason})")
+        else:
+            p = f" p={r.p_value:.2g}" if r.p_value is not None else ""
+            stat = f"{r.statistic:.3f}" if r.statistic is not None else "-"
+            thr = f"{r.threshold:.3f}" if r.threshold is not None else "-"
+            verdicts.append(f"{r.detector}: {r.status.value.upper()} stat={stat} thr={thr}{p}")
+    return (f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} "
+            f"n={stored.n_events}  " + "; ".join(verdicts))
+
+
+def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    store = Store(make_engine(config.database_url))
+    since = datetime.fromisoformat(args.since) if args.since else None
+    rows = store.alerts(model=args.model, since=since, limit=args.limit)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], default=str, indent=2))
+        return 0
+    if not rows:
+        print("no alerts")
+        return 0
+    print(f"{'last seen':<20} {'state':<9} {'severity':<9} {'model':<20} {'detector':<18} title")
+    for row in rows:
+        print(f"{row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<9} {row.severity:<9} {row.model:<20} "
+              f"{row.detector:<18} {row.title}")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

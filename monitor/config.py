@@ -1,0 +1,282 @@
+"""Configuration: one YAML file plus ``SENTINEL_…`` environment variables, environment winning.
+
+Validated once at start. Every fault is reported with the key's dotted path and the reason, e.g.::
+
+    invalid configuration:
+      models.fraud-scorer.window: must be a positive duration such as '60s', '5m' or 300 (got '-1m')
+
+Environment variables map onto keys with ``__`` as the nesting separator and values parsed as YAML
+scalars: ``SENTINEL_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``SENTINEL_DEFAULTS__WINDOW=5m``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from detectors.registry import create_detector
+from monitor.errors import ConfigError
+from monitor.intake import MODEL_ID
+
+ENV_PREFIX = "SENTINEL_"
+# Variables with the prefix that are not configuration keys.
+ENV_RESERVED = {"SENTINEL_CONFIG", "SENTINEL_REQUIRE_SERVICES"}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``300``, ``"300"``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration such as '60s', '5m' or 300 (got {value!r})")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"must be a duration such as '60s', '5m' or 300 (got {value!r})")
+    if not seconds > 0:
+        raise ValueError(f"must be a positive duration such as '60s', '5m' or 300 (got {value!r})")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Strict):
+    """Where the prediction logs come from."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "predictions"
+    group_id: str = "sentinel"
+    client_id: str = "sentinel"
+    dead_letter_topic: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # kafka-python's defaults left a group join hanging against some brokers; these are set explicitly.
+    session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
+    heartbeat_interval_ms: int = Field(1000, ge=100, le=60_000)
+    max_poll_interval_ms: int = Field(60_000, ge=1000, le=3_600_000)
+    max_poll_records: int = Field(2000, ge=1, le=100_000)
+    max_message_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = Field(None, repr=False)
+    ssl_cafile: str | None = None
+    # How long one connection attempt waits for the brokers before the daemon's own backoff takes over.
+    bootstrap_timeout: Duration = 10.0
+    retry_backoff_initial: Duration = 0.5
+    retry_backoff_max: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "heartbeat_interval_ms must be at most a third of session_timeout_ms "
+                f"(got {self.heartbeat_interval_ms} and {self.session_timeout_ms})"
+            )
+        return self
+
+
+class ReferenceSettings(_Strict):
+    """Where a model's reference (what normal looks like) comes from."""
+
+    source: Literal["warmup", "file"] = "warmup"
+    path: Path | None = None
+    warmup_events: int = Field(1000, ge=50, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> ReferenceSettings:
+        if self.source == "file" and self.path is None:
+            raise ValueError("source 'file' needs 'path' (a JSONL file of events)")
+        if self.path is not None and self.source == "file" and not self.path.is_file():
+            raise ValueError(f"reference file {str(self.path)!r} does not exist")
+        return self
+
+
+class ModelSettings(_Strict):
+    """Per-model settings; ``defaults`` holds them for every model, ``models.<id>`` overrides."""
+
+    window: Duration = 60.0
+    allowed_lateness: float = Field(10.0, ge=0)
+    min_events: int = Field(30, ge=1)
+    max_window_sample: int = Field(10_000, ge=100)
+    top_anomalies: int = Field(20, ge=0, le=1000)
+    max_future_skew: Duration = 3600.0
+    reference: ReferenceSettings = ReferenceSettings()
+    detectors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"vae_anomaly": {}})
+
+    @field_validator("allowed_lateness", mode="before")
+    @classmethod
+    def _lateness(cls, value: Any) -> float:
+        if value in (0, "0", 0.0):
+            return 0.0
+        return parse_duration(value)
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors_exist(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for detector_id, params in value.items():
+            # Building the detector checks the id and every parameter with the detector's own rules.
+            try:
+                create_detector(detector_id, params or {})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{detector_id}: {exc}") from exc
+        return value
+
+    def params_hash(self, detector_id: str) -> str:
+        """A stable hash of one detector's parameters: fitted state is reused only for equal hashes."""
+        blob = json.dumps(self.detectors.get(detector_id, {}), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class LogSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = False
+
+
+class AppConfig(_Strict):
+    """The whole configuration of one daemon."""
+
+    database_url: str = "sqlite:///sentinel.db"
+    kafka: KafkaSettings = KafkaSettings()
+    log: LogSettings = LogSettings()
+    defaults: ModelSettings = ModelSettings()
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    unknown_models: Literal["monitor", "dead_letter"] = "monitor"
+    tick_interval: Duration = 1.0
+    close_on_wall_clock: bool = True
+    db_retry_initial: Duration = 0.5
+    db_retry_max: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_model_overrides(cls, data: Any) -> Any:
+        # Each models.<id> entry is a partial override of `defaults`, deep-merged before validation so that
+        # errors still name models.<id>.<key>.
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            return data
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            return data
+        merged = {}
+        for name, override in data["models"].items():
+            if not isinstance(override, dict | None):
+                merged[name] = override
+                continue
+            merged[name] = _deep_merge(defaults, override or {})
+        return {**data, "models": merged}
+
+    @field_validator("models")
+    @classmethod
+    def _model_ids(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name in value:
+            if not MODEL_ID.match(name):
+                raise ValueError(f"model id {name!r} must match [A-Za-z0-9._-]{{1,128}}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(f"must be a sqlite:/// or postgresql+psycopg:// URL (got {_redact_url(value)!r})")
+        return value
+
+    def model_settings(self, model: str) -> ModelSettings:
+        """The settings of one model: its override, or the defaults."""
+        return self.models.get(model, self.defaults)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = _deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if path[0] == "models" and len(path) > 1:
+            # Model ids are case-sensitive; keep the original spelling.
+            path[1] = name[len(ENV_PREFIX):].split("__")[1]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([(name, "conflicts with another SENTINEL_ variable")])
+        node[path[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Read, merge and validate the configuration; raise :class:`ConfigError` naming every bad key."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = path if path is not None else environ.get("SENTINEL_CONFIG")
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([("--config", f"cannot read {str(path)!r}: {exc.strerror}")]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([("--config", f"{str(path)!r} is not valid YAML: {exc}")]) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([("--config", f"{str(path)!r} must hold a mapping at the top level")])
+        data = loaded or {}
+    data = _deep_merge(data, _env_overrides(environ))
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+        message = f"{message} (got {error['input']!r})"
+    return path, message

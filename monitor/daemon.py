@@ -1,0 +1,146 @@
+"""The daemon: config -> database -> pipeline -> consumer thread + scheduler, with a clean stop.
+
+Run states follow APScheduler/faust: SIGTERM and SIGINT only signal; the stop sequence then stops
+consuming, closes the windows that are due, stores them, commits and exits 0. A crash logs "crashed" and
+exits non-zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from monitor.config import AppConfig
+from monitor.consumer import Backoff, KafkaIntake
+from monitor.pipeline import ClosedWindow, Pipeline
+from storage import Store, StorageUnavailable, make_engine, migrate
+
+log = logging.getLogger("sentinel.daemon")
+
+
+class RunState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+def connect_store(config: AppConfig, stop: threading.Event | None = None) -> Store | None:
+    """Create the engine, migrate and return the store, retrying while the database is unreachable."""
+    backoff = Backoff(config.db_retry_initial, config.db_retry_max)
+    engine = make_engine(config.database_url)
+    while stop is None or not stop.is_set():
+        try:
+            migrate(engine)
+            store = Store(engine)
+            store.ping()
+            return store
+        except StorageUnavailable as exc:
+            delay = backoff.next()
+            log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+    return None
+
+
+class Daemon:
+    """One Sentinel process."""
+
+    def __init__(self, config: AppConfig, *, on_window: Callable[[ClosedWindow], None] | None = None) -> None:
+        self.config = config
+        self.on_window = on_window
+        self.state = RunState.STARTING
+        self._stop = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.intake: KafkaIntake | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self._tick_backoff = Backoff(config.db_retry_initial, config.db_retry_max)
+        self._tick_not_before = 0.0
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        if signum is not None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        try:
+            store = connect_store(self.config, self._stop)
+            if store is None:
+                self.state = RunState.STOPPED
+                log.info("stopped before the database was reachable")
+                return 0
+            pipeline = Pipeline(self.config, store, on_window=self.on_window)
+            self.pipeline = pipeline
+            self._prepare(pipeline)
+            self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
+            self.scheduler = BackgroundScheduler(timezone="UTC")
+            self.scheduler.add_job(self._tick, "interval", seconds=self.config.tick_interval, id="close-windows",
+                                   max_instances=1, coalesce=True)
+            self.scheduler.start()
+            self.intake.start()
+            self.state = RunState.RUNNING
+            log.info("running")
+            while not self._stop.wait(0.5):
+                if not self.intake.is_alive():
+                    raise RuntimeError("intake thread ended unexpectedly") from self.intake.error
+            self.state = RunState.STOPPING
+            self.scheduler.shutdown(wait=True)
+            self.intake.stop()
+            self.intake.join()
+            if self.intake.error is not None:
+                raise RuntimeError("intake failed while stopping") from self.intake.error
+            self.state = RunState.STOPPED
+            log.info("stopped")
+            return 0
+        except Exception:
+            self.state = RunState.CRASHED
+            log.exception("crashed")
+            return 1
+
+    def _prepare(self, pipeline: Pipeline) -> None:
+        backoff = Backoff(self.config.db_retry_initial, self.config.db_retry_max)
+        while not self._stop.is_set():
+            try:
+                pipeline.prepare()
+                return
+            except StorageUnavailable as exc:
+                delay = backoff.next()
+                log.warning("database unavailable while loading models (%s); retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+
+    def _tick(self) -> None:
+        """Scheduler job: fit what needs fitting, close and store the windows that are due."""
+        assert self.pipeline is not None
+        if time.monotonic() < self._tick_not_before:
+            return
+        try:
+            self.pipeline.fit_pending()
+            self.pipeline.close_due()
+            self._tick_backoff.reset()
+        except StorageUnavailable as exc:
+            delay = self._tick_backoff.next()
+            self._tick_not_before = time.monotonic() + delay
+            log.warning("database unavailable (%s); windows stay queued, retrying in %.1f s", exc, delay)
+
+    def _final_close(self) -> None:
+        assert self.pipeline is not None
+        try:
+            self.pipeline.fit_pending()
+            self.pipeline.close_due()
+        except StorageUnavailable as exc:
+            log.warning("could not store the due windows at stop (%s); they are re-read on restart", exc)

@@ -1,0 +1,52 @@
+"""Sentinel's persistent state: SQLite (embedded default) or PostgreSQL, via SQLAlchemy 2.
+
+Usage::
+
+    engine = make_engine("sqlite:///sentinel.db")
+    migrate(engine)          # alembic upgrade head; a no-op when up to date
+    store = Store(engine)
+
+Every :class:`Store` method is one transaction and raises :class:`StorageError` on failure,
+:class:`StorageUnavailable` (a subclass) when retrying later may succeed. This package never
+imports ``monitor`` or ``detectors``.
+"""
+
+from storage.engine import make_engine
+from storage.errors import StorageError, StorageUnavailable, is_unavailable
+from storage.migrate import migrate
+from storage.records import (
+    AlertRecord,
+    AnomalyRecord,
+    AnomalyRow,
+    DeadLetter,
+    DeadLetterIn,
+    EventRow,
+    ReferenceRecord,
+    ResultRow,
+    StoredWindow,
+    WindowRecord,
+    WindowResultRecord,
+    WindowSummary,
+)
+from storage.store import Store
+
+__all__ = [
+    "AlertRecord",
+    "AnomalyRecord",
+    "AnomalyRow",
+    "DeadLetter",
+    "DeadLetterIn",
+    "EventRow",
+    "ReferenceRecord",
+    "ResultRow",
+    "StorageError",
+    "StorageUnavailable",
+    "Store",
+    "StoredWindow",
+    "WindowRecord",
+    "WindowResultRecord",
+    "WindowSummary",
+    "is_unavailable",
+    "make_engine",
+    "migrate",
+]

@@ -1,0 +1,321 @@
+"""The ORM schema (SQLAlchemy 2 typed declarative). ``migrations/versions`` must create exactly this.
+
+Conventions:
+
+* every datetime column is :class:`UTCDateTime`: aware UTC in, aware UTC out, on both backends;
+* ids are BIGINT on PostgreSQL but plain INTEGER on SQLite, because only ``INTEGER PRIMARY KEY``
+  is SQLite's auto-incrementing rowid;
+* JSON is JSONB on PostgreSQL;
+* constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can refer to them
+  by a name that is the same on both backends.
+
+Nothing here is imported by the monitor: :mod:`storage.store` converts rows to the plain records
+of :mod:`storage.records`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Alert",
+    "Anomaly",
+    "Base",
+    "DeadLetter",
+    "DetectorState",
+    "Event",
+    "MonitoredModel",
+    "PendingLabel",
+    "Reference",
+    "UTCDateTime",
+    "Window",
+    "WindowResult",
+    "utcnow",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MODEL_NAME_LENGTH = 128
+DETECTOR_NAME_LENGTH = 64
+HASH_LENGTH = 64  # hex SHA-256
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that only accepts aware datetimes and always returns aware UTC.
+
+    PostgreSQL stores ``timestamptz`` natively. SQLite has no time type: SQLAlchemy stores text
+    without an offset and reads back naive datetimes, so values are normalised to UTC and the
+    offset dropped on the way in (which also keeps text order equal to time order) and UTC is
+    re-attached on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes; convert aware ones to UTC."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} refused: storage needs timezone-aware times"
+            )
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return aware UTC whatever the driver handed back."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL; INTEGER on SQLite so that the column is the auto-incrementing rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base: shared metadata with the naming convention and Python-type mapping."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        float: Double(),
+        str: Text(),
+    }
+
+
+def _model_fk() -> ForeignKey:
+    return ForeignKey("models.name")
+
+
+class MonitoredModel(Base):
+    """A monitored model; ``last_window_end`` is how far its windows have been closed and stored."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_window_end: Mapped[datetime | None]
+
+
+class Reference(Base):
+    """A reference data set the detectors were fitted on (gzip of JSONL events)."""
+
+    __tablename__ = "references"
+    __table_args__ = (
+        UniqueConstraint("model", "content_hash"),
+        CheckConstraint("source IN ('file', 'warmup')", name="source"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), _model_fk())
+    source: Mapped[str] = mapped_column(String(16))
+    content_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    n_events: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DetectorState(Base):
+    """A fitted detector, serialised, keyed by everything that determines the fit."""
+
+    __tablename__ = "detector_states"
+    __table_args__ = (UniqueConstraint("model", "detector", "reference_id", "params_hash"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), _model_fk())
+    detector: Mapped[str] = mapped_column(String(DETECTOR_NAME_LENGTH))
+    reference_id: Mapped[int] = mapped_column(Id, ForeignKey("references.id"))
+    params_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Window(Base):
+    """A closed, evaluated window of one model's events."""
+
+    __tablename__ = "windows"
+    __table_args__ = (
+        UniqueConstraint("model", "start"),
+        Index(None, "model", "end"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), _model_fk())
+    start: Mapped[datetime]
+    end: Mapped[datetime]
+    n_events: Mapped[int] = mapped_column(Integer)
+    n_late: Mapped[int] = mapped_column(Integer)
+    n_duplicates: Mapped[int] = mapped_column(Integer)
+    n_labelled: Mapped[int] = mapped_column(Integer)
+    closed_at: Mapped[datetime]
+
+
+class WindowResult(Base):
+    """One detector's result for one window; window bounds are copied for the history queries."""
+
+    __tablename__ = "window_results"
+    __table_args__ = (
+        UniqueConstraint("window_id", "detector"),
+        Index(None, "model", "detector", "window_start"),
+        Index(None, "window_start"),
+        CheckConstraint("status IN ('ok', 'alert', 'skipped')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    window_id: Mapped[int] = mapped_column(Id, ForeignKey("windows.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH))
+    detector: Mapped[str] = mapped_column(String(DETECTOR_NAME_LENGTH))
+    threat: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    statistic: Mapped[float | None]
+    threshold: Mapped[float | None]
+    p_value: Mapped[float | None]
+    n_events: Mapped[int] = mapped_column(Integer)
+    evidence: Mapped[dict[str, Any]]
+    reason: Mapped[str | None]
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """A stored prediction event: the idempotency record and the join key for feedback labels."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "window_id"),)
+
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), _model_fk(), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    window_id: Mapped[int] = mapped_column(Id, ForeignKey("windows.id"))
+    event_time: Mapped[datetime]
+    client_id: Mapped[str | None]
+    predicted: Mapped[str | None]
+    label: Mapped[str | None]
+    labelled_at: Mapped[datetime | None]
+
+
+class PendingLabel(Base):
+    """Feedback that arrived before its prediction was stored; applied when the event is stored."""
+
+    __tablename__ = "pending_labels"
+
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    label: Mapped[str]
+    received_at: Mapped[datetime]
+
+
+class Anomaly(Base):
+    """An event a detector scored as anomalous in a window."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (
+        Index(None, "model", "event_time"),
+        Index(None, "model", "score"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH))
+    window_id: Mapped[int] = mapped_column(Id, ForeignKey("windows.id", ondelete="CASCADE"))
+    detector: Mapped[str] = mapped_column(String(DETECTOR_NAME_LENGTH))
+    event_id: Mapped[str] = mapped_column(String(256))
+    score: Mapped[float]
+    event_time: Mapped[datetime]
+    client_id: Mapped[str | None]
+    features: Mapped[dict[str, Any] | None]
+
+
+class Alert(Base):
+    """An alert in the contract's shape; one row per fingerprint episode (lifecycle comes later)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index(None, "model", "last_seen"),
+        Index(None, "state"),
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity"),
+        CheckConstraint("state IN ('firing', 'resolved')", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(HASH_LENGTH), index=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH))
+    detector: Mapped[str] = mapped_column(String(DETECTOR_NAME_LENGTH))
+    threat: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str]
+    summary: Mapped[str]
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    statistic: Mapped[float | None]
+    threshold: Mapped[float | None]
+    p_value: Mapped[float | None]
+    details: Mapped[dict[str, Any]]
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer)
+    resolved_at: Mapped[datetime | None]
+
+
+class DeadLetter(Base):
+    """A rejected message. ``raw`` may be cut to a maximum; ``size`` is always the original length."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index(None, "received_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime]
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int | None] = mapped_column(Integer)
+    offset: Mapped[int | None] = mapped_column(BigInteger)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str]
+    model: Mapped[str | None] = mapped_column(String(MODEL_NAME_LENGTH))

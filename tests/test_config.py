@@ -1,0 +1,114 @@
+"""Configuration: YAML + SENTINEL_ environment, environment winning, faults named by key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import load_config, parse_duration
+from monitor.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sentinel.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
+    return dict(exc.value.problems)
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(environ={})
+    assert config.database_url.startswith("sqlite:///")
+    assert config.defaults.window == 60.0
+    assert config.defaults.reference.source == "warmup"
+    assert "vae_anomaly" in config.defaults.detectors
+
+
+def test_model_override_merges_onto_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+defaults:
+  window: 5m
+  min_events: 50
+  detectors:
+    vae_anomaly: {quantile: 0.995}
+models:
+  fraud-scorer:
+    window: 30s
+    detectors:
+      vae_anomaly: {alpha: 0.001}
+""")
+    config = load_config(path, environ={})
+    fraud = config.model_settings("fraud-scorer")
+    assert fraud.window == 30.0
+    assert fraud.min_events == 50  # inherited
+    assert fraud.detectors["vae_anomaly"] == {"quantile": 0.995, "alpha": 0.001}
+    assert config.model_settings("other").window == 300.0
+
+
+def test_environment_wins_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "kafka:\n  bootstrap_servers: file:9092\n  topic: from-file\n")
+    config = load_config(path, environ={
+        "SENTINEL_KAFKA__BOOTSTRAP_SERVERS": "env:9092",
+        "SENTINEL_DEFAULTS__MIN_EVENTS": "7",
+        "SENTINEL_MODELS__Fraud.Model-2__WINDOW": "2m",
+        "SENTINEL_REQUIRE_SERVICES": "1",  # reserved, not a config key
+    })
+    assert config.kafka.bootstrap_servers == "env:9092"
+    assert config.kafka.topic == "from-file"
+    assert config.defaults.min_events == 7
+    assert config.model_settings("Fraud.Model-2").window == 120.0
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "fragment"),
+    [
+        ("kafka:\n  session_timeout_ms: soon\n", "kafka.session_timeout_ms", "valid integer"),
+        ("kafka:\n  bootstrap: x\n", "kafka.bootstrap", "unknown key"),
+        ("defaults:\n  window: -5m\n", "defaults.window", "duration"),
+        ("models:\n  m1:\n    window: often\n", "models.m1.window", "duration"),
+        ("models:\n  m1:\n    reference: {source: file}\n", "models.m1.reference", "needs 'path'"),
+        ("models:\n  m1:\n    detectors: {nonsense: {}}\n", "models.m1.detectors", "vae_anomaly"),
+        ("models:\n  m1:\n    detectors: {vae_anomaly: {quantile: 7}}\n", "models.m1.detectors", "quantile"),
+        ("models:\n  'bad id!': {}\n", "models", "must match"),
+        ("database_url: mysql://x\n", "database_url", "sqlite"),
+        ("kafka:\n  heartbeat_interval_ms: 5000\n", "kafka", "third of session_timeout_ms"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, yaml_text), environ={})
+    found = problems(exc)
+    assert key in found, found
+    assert fragment in found[key], found
+    assert key in str(exc.value)
+
+
+def test_bad_environment_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={"SENTINEL_KAFKA__MAX_POLL_RECORDS": "lots"})
+    assert "kafka.max_poll_records" in problems(exc)
+
+
+def test_missing_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "kafka: [unclosed\n"), environ={})
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a list\n"), environ={})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(300, 300.0), ("45", 45.0), ("500ms", 0.5), ("5m", 300.0),
+                                               ("1h", 3600.0), ("1.5s", 1.5), ("2d", 172800.0)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", 0, True, None])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
