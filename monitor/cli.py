@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from monitor.config import AppConfig, load_config
 from monitor.errors import ConfigError
@@ -20,7 +21,9 @@ log = logging.getLogger("sentinel.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentinel", description="Watch deployed ML models for drift and attack.")
+    parser = argparse.ArgumentParser(
+        prog="sentinel", description="Watch deployed ML models for drift and attack."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the daemon: consume, window, detect, store")
@@ -32,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", help="database URL (overrides the configuration)")
     replay.add_argument("--json", action="store_true", help="print each stored window result as JSON")
 
-    demo = sub.add_parser("demo", help="the main job on embedded defaults: broker, SQLite, a model under attack")
+    demo = sub.add_parser(
+        "demo", help="the main job on embedded defaults: broker, SQLite, a model under attack"
+    )
     demo.add_argument("--fast", action="store_true", help="shorter windows and phases")
     demo.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
     demo.add_argument("--db", help="database URL (default: SQLite in ./sentinel-demo)")
@@ -93,7 +98,7 @@ def _config(args: argparse.Namespace) -> AppConfig:
     return config
 
 
-def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: object = None) -> int:
+def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: TextIO | None = None) -> int:
     """Feed a JSONL file through the pipeline on event time only, close every window, exit."""
     stream = out if out is not None else sys.stdout
     engine = make_engine(config.database_url)
@@ -101,7 +106,7 @@ def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: object 
     store = Store(engine)
 
     def show(closed: ClosedWindow) -> None:
-        print(format_window(closed, as_json=as_json), file=stream)  # type: ignore[call-overload]
+        print(format_window(closed, as_json=as_json), file=stream)
 
     pipeline = Pipeline(config, store, live=False, on_window=show)
     try:
@@ -132,19 +137,25 @@ def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
     """One line per stored window: its span, count and each detector's verdict."""
     stored = closed.stored
     if as_json:
-        return json.dumps({
-            "model": stored.model,
-            "window_start": stored.start.isoformat(),
-            "window_end": stored.end.isoformat(),
-            "n_events": stored.n_events,
-            "results": [
-                {
-                    "detector": r.detector, "status": r.status.value, "statistic": r.statistic,
-                    "threshold": r.threshold, "p_value": r.p_value, "reason": r.reason,
-                }
-                for r in closed.results
-            ],
-        })
+        return json.dumps(
+            {
+                "model": stored.model,
+                "window_start": stored.start.isoformat(),
+                "window_end": stored.end.isoformat(),
+                "n_events": stored.n_events,
+                "results": [
+                    {
+                        "detector": r.detector,
+                        "status": r.status.value,
+                        "statistic": r.statistic,
+                        "threshold": r.threshold,
+                        "p_value": r.p_value,
+                        "reason": r.reason,
+                    }
+                    for r in closed.results
+                ],
+            }
+        )
     verdicts = []
     for r in closed.results:
         if r.status.value == "skipped":
@@ -154,15 +165,19 @@ def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
             stat = f"{r.statistic:.3f}" if r.statistic is not None else "-"
             thr = f"{r.threshold:.3f}" if r.threshold is not None else "-"
             verdicts.append(f"{r.detector}: {r.status.value.upper()} stat={stat} thr={thr}{p}")
-    return (f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} "
-            f"n={stored.n_events}  " + "; ".join(verdicts))
+    return (
+        f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} "
+        f"n={stored.n_events}  " + "; ".join(verdicts)
+    )
 
 
 def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     store = Store(make_engine(config.database_url))
     since = datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # times are UTC in and out
     rows = store.alerts(model=args.model, since=since, limit=args.limit)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], default=str, indent=2))
@@ -172,8 +187,10 @@ def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
         return 0
     print(f"{'last seen':<20} {'state':<9} {'severity':<9} {'model':<20} {'detector':<18} title")
     for row in rows:
-        print(f"{row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<9} {row.severity:<9} {row.model:<20} "
-              f"{row.detector:<18} {row.title}")
+        print(
+            f"{row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<9} {row.severity:<9} {row.model:<20} "
+            f"{row.detector:<18} {row.title}"
+        )
     return 0
 
 

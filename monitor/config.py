@@ -126,7 +126,7 @@ class ModelSettings(_Strict):
     top_anomalies: int = Field(20, ge=0, le=1000)
     max_future_skew: Duration = 3600.0
     reference: ReferenceSettings = ReferenceSettings()
-    detectors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"vae_anomaly": {}})
+    detectors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"vae_anomaly": dict[str, Any]()})
 
     @field_validator("allowed_lateness", mode="before")
     @classmethod
@@ -201,7 +201,9 @@ class AppConfig(_Strict):
     @classmethod
     def _database_url(cls, value: str) -> str:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
-            raise ValueError(f"must be a sqlite:/// or postgresql+psycopg:// URL (got {_redact_url(value)!r})")
+            raise ValueError(
+                f"must be a sqlite:/// or postgresql+psycopg:// URL (got {_redact_url(value)!r})"
+            )
         return value
 
     def model_settings(self, model: str) -> ModelSettings:
@@ -228,10 +230,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if path[0] == "models" and len(path) > 1:
             # Model ids are case-sensitive; keep the original spelling.
-            path[1] = name[len(ENV_PREFIX):].split("__")[1]
+            path[1] = name[len(ENV_PREFIX) :].split("__")[1]
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:

@@ -139,13 +139,21 @@ class KafkaIntake(threading.Thread):
                 consumer = self.consumer_factory(**consumer_options(self.settings))
                 consumer.subscribe([self.settings.topic], listener=_RebalanceFlag(self._rebalanced))
                 self.connected.set()
-                log.info("connected to Kafka at %s, topic %s, group %s", self.settings.bootstrap_servers,
-                         self.settings.topic, self.settings.group_id)
+                log.info(
+                    "connected to Kafka at %s, topic %s, group %s",
+                    self.settings.bootstrap_servers,
+                    self.settings.topic,
+                    self.settings.group_id,
+                )
                 return consumer
             except KafkaError as exc:
                 delay = backoff.next()
-                log.warning("Kafka at %s unreachable (%s); retrying in %.1f s",
-                            self.settings.bootstrap_servers, exc, delay)
+                log.warning(
+                    "Kafka at %s unreachable (%s); retrying in %.1f s",
+                    self.settings.bootstrap_servers,
+                    exc,
+                    delay,
+                )
                 self._stop_requested.wait(delay)
         return None
 

@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from monitor.config import AppConfig
 from monitor.consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
-from storage import Store, StorageUnavailable, make_engine, migrate
+from storage import StorageUnavailable, Store, make_engine, migrate
 
 log = logging.getLogger("sentinel.daemon")
 
@@ -89,8 +89,14 @@ class Daemon:
             self._prepare(pipeline)
             self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
             self.scheduler = BackgroundScheduler(timezone="UTC")
-            self.scheduler.add_job(self._tick, "interval", seconds=self.config.tick_interval, id="close-windows",
-                                   max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self._tick,
+                "interval",
+                seconds=self.config.tick_interval,
+                id="close-windows",
+                max_instances=1,
+                coalesce=True,
+            )
             self.scheduler.start()
             self.intake.start()
             self.state = RunState.RUNNING

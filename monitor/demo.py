@@ -41,7 +41,9 @@ def _color(text: str, code: str) -> str:
     return f"{code}{text}{RESET}" if sys.stdout.isatty() else text
 
 
-def run_demo(*, fast: bool = False, bootstrap_servers: str | None = None, database_url: str | None = None) -> int:
+def run_demo(
+    *, fast: bool = False, bootstrap_servers: str | None = None, database_url: str | None = None
+) -> int:
     configure_logging("WARNING")
     window = 4.0 if fast else 10.0
     rate = 80.0 if fast else 60.0  # events per second
@@ -60,17 +62,19 @@ def run_demo(*, fast: bool = False, bootstrap_servers: str | None = None, databa
         bootstrap_servers = broker.bootstrap_servers
     create_topic(bootstrap_servers, TOPIC, 4)
     database_url = database_url or f"sqlite:///{workdir / 'sentinel.db'}"
-    config = load_config(environ={
-        "SENTINEL_DATABASE_URL": database_url,
-        "SENTINEL_KAFKA__BOOTSTRAP_SERVERS": bootstrap_servers,
-        "SENTINEL_KAFKA__TOPIC": TOPIC,
-        "SENTINEL_KAFKA__GROUP_ID": f"sentinel-demo-{int(time.time())}",
-        "SENTINEL_TICK_INTERVAL": "0.5",
-        "SENTINEL_MODELS__" + MODEL + "__WINDOW": str(window),
-        "SENTINEL_MODELS__" + MODEL + "__ALLOWED_LATENESS": "1",
-        "SENTINEL_MODELS__" + MODEL + "__REFERENCE__SOURCE": "file",
-        "SENTINEL_MODELS__" + MODEL + "__REFERENCE__PATH": str(reference_path),
-    })
+    config = load_config(
+        environ={
+            "SENTINEL_DATABASE_URL": database_url,
+            "SENTINEL_KAFKA__BOOTSTRAP_SERVERS": bootstrap_servers,
+            "SENTINEL_KAFKA__TOPIC": TOPIC,
+            "SENTINEL_KAFKA__GROUP_ID": f"sentinel-demo-{int(time.time())}",
+            "SENTINEL_TICK_INTERVAL": "0.5",
+            "SENTINEL_MODELS__" + MODEL + "__WINDOW": str(window),
+            "SENTINEL_MODELS__" + MODEL + "__ALLOWED_LATENESS": "1",
+            "SENTINEL_MODELS__" + MODEL + "__REFERENCE__SOURCE": "file",
+            "SENTINEL_MODELS__" + MODEL + "__REFERENCE__PATH": str(reference_path),
+        }
+    )
     injected: list[tuple[float, float, str, bool]] = []  # (from, to, phase, corrupt)
     stored: list[ClosedWindow] = []
 
@@ -83,8 +87,10 @@ def run_demo(*, fast: bool = False, bootstrap_servers: str | None = None, databa
     daemon = Daemon(config, on_window=show)
     runner = threading.Thread(target=daemon.run, name="sentinel-daemon")
     print(f"database: {database_url}\nbroker:   {bootstrap_servers}, topic {TOPIC!r} (4 partitions)")
-    print(f"model {MODEL!r}: reference of {len(reference_events(MODEL))} digits predictions; "
-          f"windows of {window:.0f} s; the VAE is fitted at start (a few seconds)\n")
+    print(
+        f"model {MODEL!r}: reference of {len(reference_events(MODEL))} digits predictions; "
+        f"windows of {window:.0f} s; the VAE is fitted at start (a few seconds)\n"
+    )
     runner.start()
     try:
         _wait_ready(daemon)
@@ -92,14 +98,20 @@ def run_demo(*, fast: bool = False, bootstrap_servers: str | None = None, databa
         # Start on a window boundary so each phase fills whole windows.
         start = (int(time.time() / window) + 1) * window
         time.sleep(max(0.0, start - time.time()))
-        sequence = 0
-        for phase in phases:
-            print(_color(f"--- producing: {phase.name} ({phase.windows} windows of {window:.0f} s)", DIM))
+        for sequence, phase in enumerate(phases):
+            banner = f"--- {time.strftime('%H:%M:%S', time.gmtime())} producing: {phase.name}"
+            print(_color(f"{banner} ({phase.windows} windows of {window:.0f} s)", DIM))
             began = time.time()
             n = int(phase.windows * window * rate)
-            events = live_events(MODEL, n, start=began, spacing=1.0 / rate, id_prefix=f"live-{sequence}-",
-                                 corrupt=phase.corrupt, seed=sequence)
-            sequence += 1
+            events = live_events(
+                MODEL,
+                n,
+                start=began,
+                spacing=1.0 / rate,
+                id_prefix=f"live-{sequence}-",
+                corrupt=phase.corrupt,
+                seed=sequence,
+            )
             for i, event in enumerate(events):
                 due = began + i / rate
                 time.sleep(max(0.0, due - time.time()))
@@ -110,6 +122,7 @@ def run_demo(*, fast: bool = False, bootstrap_servers: str | None = None, databa
                         producer.send(TOPIC, key=MODEL.encode(), value=bad)
             producer.flush()
             injected.append((began, time.time(), phase.name, phase.corrupt))
+        producer.close()
         print(_color("--- producing done; waiting for the last windows to close", DIM))
         deadline = time.time() + window + 5
         while time.time() < deadline:
@@ -146,21 +159,33 @@ def _producer(bootstrap_servers: str):  # type: ignore[no-untyped-def]
     return KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), linger_ms=5)
 
 
-def _summary(stored: list[ClosedWindow], injected: list[tuple[float, float, str, bool]], daemon: Daemon) -> None:
+def _summary(
+    stored: list[ClosedWindow], injected: list[tuple[float, float, str, bool]], daemon: Daemon
+) -> None:
     print(f"\n{BOLD}Summary{RESET}")
     print(f"{'phase':<18} {'windows':>7} {'flagged':>7}")
     false_alarms = 0
     for began, ended, name, corrupt in injected:
-        inside = [c for c in stored if c.stored.start.timestamp() >= began - 0.5 and c.stored.end.timestamp() <= ended + 0.5]
+        inside = [
+            c
+            for c in stored
+            if c.stored.start.timestamp() >= began - 0.5 and c.stored.end.timestamp() <= ended + 0.5
+        ]
         flagged = sum(any(r.alerting for r in c.results) for c in inside)
         if not corrupt:
             false_alarms += flagged
-        verdict = ("caught" if flagged else "MISSED") if corrupt else ("no false alarm" if not flagged else "false alarm")
+        verdict = (
+            ("caught" if flagged else "MISSED")
+            if corrupt
+            else ("no false alarm" if not flagged else "false alarm")
+        )
         print(f"{name:<18} {len(inside):>7} {flagged:>7}   {verdict}")
     pipeline = daemon.pipeline
     if pipeline is not None:
         c = pipeline.counters
-        print(f"\nmessages: {c['consumed']} consumed, {c['accepted']} accepted, {c['rejected']} dead-lettered "
-              f"(malformed messages kept with their reason), {c['duplicates']} duplicates")
+        print(
+            f"\nmessages: {c['consumed']} consumed, {c['accepted']} accepted, {c['rejected']} dead-lettered "
+            f"(malformed messages kept with their reason), {c['duplicates']} duplicates"
+        )
     print(f"false alarms on clean windows: {false_alarms}")
     logging.getLogger("sentinel").info("demo finished")

@@ -66,17 +66,19 @@ def _events(
     events = []
     for i in range(len(x)):
         scores = {c: round(float(p), 5) for c, p in zip(classes, probabilities[i], strict=True)}
-        events.append({
-            "type": "prediction",
-            "event_id": f"{id_prefix}{i}",
-            "model": model_id,
-            "model_version": "digits-logreg-1",
-            "timestamp": datetime.fromtimestamp(timestamps[i], UTC).isoformat().replace("+00:00", "Z"),
-            "client_id": clients[i % len(clients)],
-            "features": {name: float(v) for name, v in zip(model.feature_names, x[i], strict=True)},
-            "prediction": {"label": classes[int(np.argmax(probabilities[i]))], "scores": scores},
-            "label": str(int(y[i])),
-        })
+        events.append(
+            {
+                "type": "prediction",
+                "event_id": f"{id_prefix}{i}",
+                "model": model_id,
+                "model_version": "digits-logreg-1",
+                "timestamp": datetime.fromtimestamp(timestamps[i], UTC).isoformat().replace("+00:00", "Z"),
+                "client_id": clients[i % len(clients)],
+                "features": {name: float(v) for name, v in zip(model.feature_names, x[i], strict=True)},
+                "prediction": {"label": classes[int(np.argmax(probabilities[i]))], "scores": scores},
+                "label": str(int(y[i])),
+            }
+        )
     return events
 
 
@@ -84,8 +86,14 @@ def reference_events(model_id: str, *, start: float = 1_700_000_000.0) -> list[d
     """The reference part as events (one per second from ``start``)."""
     model = digits_model()
     n = len(model.reference_y)
-    return _events(model_id, model.reference_x, model.reference_y, [start + i for i in range(n)],
-                   f"{model_id}-ref-", ["reference"])
+    return _events(
+        model_id,
+        model.reference_x,
+        model.reference_y,
+        [start + i for i in range(n)],
+        f"{model_id}-ref-",
+        ["reference"],
+    )
 
 
 def live_events(
@@ -107,7 +115,9 @@ def live_events(
     if corrupt:
         columns = list(model.shift_features)
         x[:, columns] += 4.0 * model.feature_std[columns]
-    return _events(model_id, x, model.live_y[rows], [start + i * spacing for i in range(n)], id_prefix, clients)
+    return _events(
+        model_id, x, model.live_y[rows], [start + i * spacing for i in range(n)], id_prefix, clients
+    )
 
 
 def iter_jsonl(events: Sequence[dict[str, Any]]) -> Iterator[bytes]:

@@ -1,10 +1,10 @@
 """Sentinel's error hierarchy. Third-party errors are mapped where they enter (``raise ... from exc``).
 
-    SentinelError
-    ├── ConfigError        bad or missing configuration, found at start; names the key and the reason
-    ├── IntakeError        one message that cannot be accepted; it goes to the dead-letter store
-    ├── StorageError       (re-exported from :mod:`storage.errors`; StorageUnavailable is retried)
-    └── DeliveryError      a webhook or topic delivery that failed; ``retryable`` says whether to try again
+SentinelError
+├── ConfigError        bad or missing configuration, found at start; names the key and the reason
+├── IntakeError        one message that cannot be accepted; it goes to the dead-letter store
+├── StorageError       (re-exported from :mod:`storage.errors`; StorageUnavailable is retried)
+└── DeliveryError      a webhook or topic delivery that failed; ``retryable`` says whether to try again
 """
 
 from __future__ import annotations

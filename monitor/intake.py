@@ -200,7 +200,9 @@ def parse_timestamp(value: Any, *, required: bool) -> float | None:
             # RFC 3339 requires an offset; producers that omit it nearly always mean UTC.
             moment = moment.replace(tzinfo=UTC)
         return moment.timestamp()
-    raise IntakeError(f"field 'timestamp' must be an RFC 3339 string or epoch number, got {_type_name(value)}")
+    raise IntakeError(
+        f"field 'timestamp' must be an RFC 3339 string or epoch number, got {_type_name(value)}"
+    )
 
 
 def _features(value: Any) -> dict[str, FeatureValue]:
@@ -315,6 +317,11 @@ def _short(value: Any) -> str:
 
 def _type_name(value: Any) -> str:
     return {
-        dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
         type(None): "null",
     }.get(type(value), type(value).__name__)

@@ -59,7 +59,16 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # kafka-python and APScheduler are chatty at INFO; their warnings still show.
     for noisy in ("kafka", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # A tick that is still fitting makes the next ones skip (max_instances=1): expected, not a warning.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     if level != "DEBUG":
-        for name in ("kafka.net.manager", "kafka.net.connection", "kafka.conn", "kafka.client_async",
-                     "kafka.coordinator", "kafka.coordinator.consumer", "kafka.consumer.fetcher"):
+        for name in (
+            "kafka.net.manager",
+            "kafka.net.connection",
+            "kafka.conn",
+            "kafka.client_async",
+            "kafka.coordinator",
+            "kafka.coordinator.consumer",
+            "kafka.consumer.fetcher",
+        ):
             logging.getLogger(name).addFilter(RepeatFilter())

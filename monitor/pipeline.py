@@ -1,7 +1,8 @@
 """The data path of the daemon: message -> event -> window -> detectors -> stored window result.
 
 :class:`Pipeline` is fed by one intake thread (:meth:`ingest`, :meth:`flush`) and driven by the scheduler
-(:meth:`fit_pending`, :meth:`close_due`). It never commits Kafka offsets itself; it tells the consumer, through
+(:meth:`fit_pending`, :meth:`close_due`). It never commits Kafka offsets itself; it tells the consumer,
+through
 :meth:`safe_offsets`, how far each partition may be committed: below the first message whose effect is not
 yet stored (a window still open or being stored, a reference not yet saved, a dead letter not yet written).
 """
@@ -117,7 +118,13 @@ class Pipeline:
         self._models: dict[str, ModelRuntime] = {}
         self._pending: list[_PendingWrite] = []
         self._next_offset: dict[TopicPartition, int] = {}
-        self.counters: dict[str, int] = {"consumed": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "late": 0}
+        self.counters: dict[str, int] = {
+            "consumed": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "duplicates": 0,
+            "late": 0,
+        }
 
     # ----------------------------------------------------------------- intake (the consumer's thread)
 
@@ -150,8 +157,9 @@ class Pipeline:
         if runtime.schema is not None:
             problem = runtime.schema.validate(event.features)
             if problem is not None:
-                raise IntakeError(f"features do not match the reference schema of {event.model!r}: {problem}",
-                                  event.model)
+                raise IntakeError(
+                    f"features do not match the reference schema of {event.model!r}: {problem}", event.model
+                )
         with self._lock:
             if event.event_id in runtime.reference_ids or event.event_id in runtime.warmup_ids:
                 self._count_duplicate(runtime)
@@ -174,11 +182,12 @@ class Pipeline:
                 assert runtime.closed_until is not None
                 start = window_start(runtime.closed_until, length)
                 self.counters["late"] += 1
-            window = runtime.windows.get(start)
-            if window is None:
-                window = Window(event.model, start, start + length, settings.max_window_sample)
-                runtime.windows[start] = window
-            window.add(event, late=late, position=position)
+            target = runtime.windows.get(start)
+            if target is None:
+                target = runtime.windows[start] = Window(
+                    event.model, start, start + length, settings.max_window_sample
+                )
+            target.add(event, late=late, position=position)
             runtime.watermark = max(runtime.watermark, event.timestamp)
             self.counters["accepted"] += 1
 
@@ -191,8 +200,9 @@ class Pipeline:
             runtime.reference_events = runtime.warmup
             runtime.schema = FeatureSchema.fit([e.features for e in runtime.warmup])
             runtime.phase = ModelPhase.FITTING
-            log.info("model %s: reference of %d events captured from the stream", runtime.name,
-                     len(runtime.warmup))
+            log.info(
+                "model %s: reference of %d events captured from the stream", runtime.name, len(runtime.warmup)
+            )
 
     def _take_feedback(self, runtime: ModelRuntime, event: FeedbackEvent, position: Position) -> None:
         with self._lock:
@@ -216,8 +226,13 @@ class Pipeline:
         with self._lock:
             self._pending.append(_PendingWrite(message.position, dead_letter=row))
             self.counters["rejected"] += 1
-        log.info("dead letter %s[%d]@%d: %s", message.position.topic, message.position.partition,
-                 message.position.offset, reason)
+        log.info(
+            "dead letter %s[%d]@%d: %s",
+            message.position.topic,
+            message.position.partition,
+            message.position.offset,
+            reason,
+        )
 
     def _count_duplicate(self, runtime: ModelRuntime) -> None:
         runtime.duplicates += 1
@@ -236,7 +251,9 @@ class Pipeline:
         for item in batch:
             if item.feedback is not None:
                 when = datetime.fromtimestamp(item.feedback.timestamp or self.clock(), UTC)
-                self.store.attach_label(item.feedback.model, item.feedback.event_id, item.feedback.label, when)
+                self.store.attach_label(
+                    item.feedback.model, item.feedback.event_id, item.feedback.label, when
+                )
         with self._lock:
             del self._pending[: len(batch)]
 
@@ -327,8 +344,12 @@ class Pipeline:
         if runtime.reference_events:
             runtime.schema = FeatureSchema.fit([e.features for e in runtime.reference_events])
             runtime.phase = ModelPhase.FITTING
-        log.info("model %s: loaded (%s, closed until %s)", model, runtime.phase.value,
-                 closed.isoformat() if closed else "never")
+        log.info(
+            "model %s: loaded (%s, closed until %s)",
+            model,
+            runtime.phase.value,
+            closed.isoformat() if closed else "never",
+        )
         return runtime
 
     def fit_pending(self) -> None:
@@ -350,7 +371,9 @@ class Pipeline:
         errors: dict[str, str] = {}
         for detector_id, params in settings.detectors.items():
             params_hash = settings.params_hash(detector_id)
-            saved = self.store.load_detector_state(runtime.name, detector_id, runtime.reference_id, params_hash)
+            saved = self.store.load_detector_state(
+                runtime.name, detector_id, runtime.reference_id, params_hash
+            )
             detector = create_detector(detector_id, params)
             if saved is not None:
                 detector.load_state_dict(load_state(saved))
@@ -364,10 +387,19 @@ class Pipeline:
                     log.error("model %s: %s %s", runtime.name, detector_id, errors[detector_id])
                     continue
                 self.store.save_detector_state(
-                    runtime.name, detector_id, runtime.reference_id, params_hash, dump_state(detector.state_dict())
+                    runtime.name,
+                    detector_id,
+                    runtime.reference_id,
+                    params_hash,
+                    dump_state(detector.state_dict()),
                 )
-                log.info("model %s: %s fitted on %d reference events in %.1f s", runtime.name, detector_id,
-                         len(batch), time.perf_counter() - started)
+                log.info(
+                    "model %s: %s fitted on %d reference events in %.1f s",
+                    runtime.name,
+                    detector_id,
+                    len(batch),
+                    time.perf_counter() - started,
+                )
             detectors[detector_id] = detector
         with self._lock:
             runtime.detectors = detectors
@@ -392,8 +424,11 @@ class Pipeline:
                 if runtime.phase is not ModelPhase.READY:
                     continue
                 lateness = runtime.settings.allowed_lateness
-                horizon = max(runtime.watermark, now) if self.live and self.config.close_on_wall_clock \
+                horizon = (
+                    max(runtime.watermark, now)
+                    if self.live and self.config.close_on_wall_clock
                     else runtime.watermark
+                )
                 for start in sorted(runtime.windows):
                     window = runtime.windows[start]
                     if not final and window.end + lateness > horizon:
@@ -424,9 +459,16 @@ class Pipeline:
             end=_utc(window.end),
             n_late=window.n_late,
             events=[
-                EventRow(event_id=event_id, event_time=_utc(t), client_id=client, predicted=predicted, label=label)
+                EventRow(
+                    event_id=event_id, event_time=_utc(t), client_id=client, predicted=predicted, label=label
+                )
                 for event_id, t, client, predicted, label in zip(
-                    window.event_ids, window.times, window.clients, window.predicted, window.labels, strict=True
+                    window.event_ids,
+                    window.times,
+                    window.clients,
+                    window.predicted,
+                    window.labels,
+                    strict=True,
                 )
             ],
             results=[_result_row(result) for result in results],
@@ -438,8 +480,12 @@ class Pipeline:
             runtime.closing.remove(window)
         outcome = ClosedWindow(stored, tuple(results))
         log.info(
-            "window %s [%s, %s) stored: %d events (%d late) %s", runtime.name, record.start.isoformat(),
-            record.end.isoformat(), stored.n_events, window.n_late,
+            "window %s [%s, %s) stored: %d events (%d late) %s",
+            runtime.name,
+            record.start.isoformat(),
+            record.end.isoformat(),
+            stored.n_events,
+            window.n_late,
             ", ".join(f"{r.detector}={r.status.value}" for r in results) or "no detectors",
         )
         if self.on_window is not None:
@@ -487,8 +533,11 @@ class Pipeline:
                     continue
                 rows.append(
                     AnomalyRow(
-                        detector=result.detector, event_id=scored.event_id, score=scored.score,
-                        event_time=_utc(event.timestamp), client_id=event.client_id,
+                        detector=result.detector,
+                        event_id=scored.event_id,
+                        score=scored.score,
+                        event_time=_utc(event.timestamp),
+                        client_id=event.client_id,
                         features=dict(event.features),
                     )
                 )

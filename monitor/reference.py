@@ -28,11 +28,15 @@ def read_reference_file(path: Path, model: str) -> tuple[list[PredictionEvent], 
         try:
             event = parse_message(line, max_bytes=len(line) + 1)
         except IntakeError as exc:
-            raise ConfigError([(f"models.{model}.reference.path", f"{path}:{number}: {exc.reason}")]) from None
+            raise ConfigError(
+                [(f"models.{model}.reference.path", f"{path}:{number}: {exc.reason}")]
+            ) from None
         if isinstance(event, PredictionEvent) and event.model == model:
             events.append(event)
     if not events:
-        raise ConfigError([(f"models.{model}.reference.path", f"{path} holds no prediction events of {model!r}")])
+        raise ConfigError(
+            [(f"models.{model}.reference.path", f"{path} holds no prediction events of {model!r}")]
+        )
     return events, hashlib.sha256(data).hexdigest()
 
 

@@ -31,7 +31,10 @@ class DaemonProcess:
         sentinel = Path(sys.executable).with_name("sentinel")
         self.process = subprocess.Popen(
             [str(sentinel), "run", "--config", str(self.config_path)],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
         )
         threading.Thread(target=self._read, daemon=True).start()
         return self
@@ -56,13 +59,17 @@ class DaemonProcess:
                 continue
             if fragment in line:
                 return line
-        raise AssertionError(f"no log line with {fragment!r} within {timeout} s; log:\n" + "\n".join(self.lines[-40:]))
+        raise AssertionError(
+            f"no log line with {fragment!r} within {timeout} s; log:\n" + "\n".join(self.lines[-40:])
+        )
 
     def wait_for_count(self, fragment: str, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.count(fragment) < count:
             if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
-                raise AssertionError(f"fewer than {count} log lines with {fragment!r}; log:\n" + self.log[-4000:])
+                raise AssertionError(
+                    f"fewer than {count} log lines with {fragment!r}; log:\n" + self.log[-4000:]
+                )
             time.sleep(0.1)
 
     def count(self, fragment: str) -> int:

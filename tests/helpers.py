@@ -14,14 +14,22 @@ MODEL = "digits"
 T0 = 1_795_000_200.0  # a window boundary for 60 s and 5 min windows
 
 
-def make_config(database_url: str, *, reference: Path | None = None, warmup: int = 800, window: float = 60.0,
-                min_events: int = 30, **extra: Any) -> AppConfig:
+def make_config(
+    database_url: str,
+    *,
+    reference: Path | None = None,
+    warmup: int = 800,
+    window: float = 60.0,
+    min_events: int = 30,
+    **extra: Any,
+) -> AppConfig:
     model: dict[str, Any] = {
         "window": window,
         "allowed_lateness": 5,
         "min_events": min_events,
         "detectors": {"vae_anomaly": {"max_epochs": 80}},
-        "reference": {"source": "file", "path": str(reference)} if reference
+        "reference": {"source": "file", "path": str(reference)}
+        if reference
         else {"source": "warmup", "warmup_events": warmup},
     }
     return AppConfig.model_validate({"database_url": database_url, "models": {MODEL: model}, **extra})
@@ -32,14 +40,27 @@ def write_reference(path: Path, model: str = MODEL) -> Path:
     return path
 
 
-def windowed_traffic(plan: Sequence[bool], *, per_window: int = 200, window: float = 60.0, start: float = T0,
-                     model: str = MODEL, prefix: str = "w") -> list[dict[str, Any]]:
+def windowed_traffic(
+    plan: Sequence[bool],
+    *,
+    per_window: int = 200,
+    window: float = 60.0,
+    start: float = T0,
+    model: str = MODEL,
+    prefix: str = "w",
+) -> list[dict[str, Any]]:
     """``per_window`` events in each window of ``plan``; True marks a window of corrupted inputs."""
     events: list[dict[str, Any]] = []
     for index, corrupt in enumerate(plan):
-        events += live_events(model, per_window, start=start + index * window + 0.01,
-                              spacing=(window - 0.1) / per_window, id_prefix=f"{prefix}{index}-", corrupt=corrupt,
-                              seed=index)
+        events += live_events(
+            model,
+            per_window,
+            start=start + index * window + 0.01,
+            spacing=(window - 0.1) / per_window,
+            id_prefix=f"{prefix}{index}-",
+            corrupt=corrupt,
+            seed=index,
+        )
     return events
 
 

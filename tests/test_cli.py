@@ -1,4 +1,4 @@
-"""The command line: bad config fails at start naming the key; unreachable services are retried, not crashed."""
+"""The command line: bad config fails at start naming the key; unreachable services are retried."""
 
 from __future__ import annotations
 
@@ -47,10 +47,18 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_unreachable_broker_is_retried_with_a_clear_log_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    daemon = DaemonProcess({"database_url": f"sqlite:///{tmp_path / 'db.sqlite'}",
-                            "kafka": {"bootstrap_servers": f"127.0.0.1:{port}", "bootstrap_timeout": "2s",
-                                      "retry_backoff_initial": "0.2s",
-                                      "retry_backoff_max": "0.5s"}}, tmp_path).start()
+    daemon = DaemonProcess(
+        {
+            "database_url": f"sqlite:///{tmp_path / 'db.sqlite'}",
+            "kafka": {
+                "bootstrap_servers": f"127.0.0.1:{port}",
+                "bootstrap_timeout": "2s",
+                "retry_backoff_initial": "0.2s",
+                "retry_backoff_max": "0.5s",
+            },
+        },
+        tmp_path,
+    ).start()
     try:
         line = daemon.wait_for("unreachable", timeout=90)
         assert f"127.0.0.1:{port}" in line and "retrying in" in line
@@ -67,8 +75,14 @@ def test_unreachable_broker_is_retried_with_a_clear_log_line(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_unreachable_database_is_retried_with_a_clear_log_line(tmp_path: Path) -> None:
     port = free_port()
-    daemon = DaemonProcess({"database_url": f"postgresql+psycopg://sentinel@127.0.0.1:{port}/sentinel",
-                            "db_retry_initial": "0.2s", "db_retry_max": "0.5s"}, tmp_path).start()
+    daemon = DaemonProcess(
+        {
+            "database_url": f"postgresql+psycopg://sentinel@127.0.0.1:{port}/sentinel",
+            "db_retry_initial": "0.2s",
+            "db_retry_max": "0.5s",
+        },
+        tmp_path,
+    ).start()
     try:
         line = daemon.wait_for("database unreachable", timeout=90)
         assert "retrying in" in line and "Traceback" not in daemon.log

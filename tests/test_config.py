@@ -29,7 +29,9 @@ def test_defaults_need_no_file() -> None:
 
 
 def test_model_override_merges_onto_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 defaults:
   window: 5m
   min_events: 50
@@ -40,7 +42,8 @@ models:
     window: 30s
     detectors:
       vae_anomaly: {alpha: 0.001}
-""")
+""",
+    )
     config = load_config(path, environ={})
     fraud = config.model_settings("fraud-scorer")
     assert fraud.window == 30.0
@@ -51,12 +54,15 @@ models:
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
     path = write(tmp_path, "kafka:\n  bootstrap_servers: file:9092\n  topic: from-file\n")
-    config = load_config(path, environ={
-        "SENTINEL_KAFKA__BOOTSTRAP_SERVERS": "env:9092",
-        "SENTINEL_DEFAULTS__MIN_EVENTS": "7",
-        "SENTINEL_MODELS__Fraud.Model-2__WINDOW": "2m",
-        "SENTINEL_REQUIRE_SERVICES": "1",  # reserved, not a config key
-    })
+    config = load_config(
+        path,
+        environ={
+            "SENTINEL_KAFKA__BOOTSTRAP_SERVERS": "env:9092",
+            "SENTINEL_DEFAULTS__MIN_EVENTS": "7",
+            "SENTINEL_MODELS__Fraud.Model-2__WINDOW": "2m",
+            "SENTINEL_REQUIRE_SERVICES": "1",  # reserved, not a config key
+        },
+    )
     assert config.kafka.bootstrap_servers == "env:9092"
     assert config.kafka.topic == "from-file"
     assert config.defaults.min_events == 7
@@ -102,8 +108,18 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "- a list\n"), environ={})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [(300, 300.0), ("45", 45.0), ("500ms", 0.5), ("5m", 300.0),
-                                               ("1h", 3600.0), ("1.5s", 1.5), ("2d", 172800.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (300, 300.0),
+        ("45", 45.0),
+        ("500ms", 0.5),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("2d", 172800.0),
+    ],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -28,6 +28,12 @@ def raw(document: Any) -> bytes:
     return json.dumps(document).encode()
 
 
+def with_feature(literal: bytes) -> bytes:
+    """An event whose feature ``a`` is the raw JSON ``literal`` (json.dumps cannot write NaN and such)."""
+    head = b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": '
+    return head + literal + b'}, "prediction": {"value": 1}}'
+
+
 def reason_for(message: bytes, **kwargs: Any) -> str:
     with pytest.raises(IntakeError) as exc:
         parse_message(message, **kwargs)
@@ -35,8 +41,17 @@ def reason_for(message: bytes, **kwargs: Any) -> str:
 
 
 def test_contract_example_parses() -> None:
-    parsed = parse_message(raw(event(model_version="2026-11-01", label=None, embedding=[0.12, -0.4, 0.9],
-                                     groups={"region": "EU"}, stream="training")))
+    parsed = parse_message(
+        raw(
+            event(
+                model_version="2026-11-01",
+                label=None,
+                embedding=[0.12, -0.4, 0.9],
+                groups={"region": "EU"},
+                stream="training",
+            )
+        )
+    )
     assert isinstance(parsed, PredictionEvent)
     assert parsed.timestamp == pytest.approx(1795861877.12)
     assert parsed.features["country"] == "DE"
@@ -52,12 +67,15 @@ def test_predicted_class_from_scores_when_no_label() -> None:
     assert parsed.predicted == "b"
 
 
-@pytest.mark.parametrize(("stamp", "expected"), [
-    (1795861877, 1795861877.0),
-    (1795861877120, 1795861877.12),
-    ("2026-11-28T10:31:17+01:00", 1795858277.0),
-    ("2026-11-28T10:31:17", 1795861877.0),  # no offset: taken as UTC
-])
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        (1795861877, 1795861877.0),
+        (1795861877120, 1795861877.12),
+        ("2026-11-28T10:31:17+01:00", 1795858277.0),
+        ("2026-11-28T10:31:17", 1795861877.0),  # no offset: taken as UTC
+    ],
+)
 def test_timestamp_forms(stamp: Any, expected: float) -> None:
     parsed = parse_message(raw(event(timestamp=stamp)))
     assert parsed.timestamp == pytest.approx(expected)
@@ -70,49 +88,57 @@ def test_integer_class_labels_become_strings() -> None:
 
 
 def test_feedback_event() -> None:
-    parsed = parse_message(raw({"type": "feedback", "event_id": "e-1", "model": "m", "label": "ok",
-                                "timestamp": 1795861877}))
+    parsed = parse_message(
+        raw({"type": "feedback", "event_id": "e-1", "model": "m", "label": "ok", "timestamp": 1795861877})
+    )
     assert parsed == FeedbackEvent(event_id="e-1", model="m", label="ok", timestamp=1795861877.0)
     assert "non-null 'label'" in reason_for(raw({"type": "feedback", "event_id": "e", "model": "m"}))
 
 
-@pytest.mark.parametrize(("message", "fragment"), [
-    (b"{not json", "invalid JSON"),
-    (b"\xff\xfe\x00", "not UTF-8"),
-    (b"[1, 2]", "must be a JSON object"),
-    (b"", "invalid JSON"),
-    (raw(event(event_id=...)), "missing required field 'event_id'"),
-    (raw(event(event_id=None)), "missing required field 'event_id'"),
-    (raw(event(event_id={"a": 1})), "'event_id' must be a string"),
-    (raw(event(event_id="x" * 300)), "1 to 256 characters"),
-    (raw(event(model=...)), "missing required field 'model'"),
-    (raw(event(model="no spaces allowed")), "must match"),
-    (raw(event(features=[1, 2, 3])), "'features' must be an object, got array"),
-    (raw(event(features="x")), "'features' must be an object, got string"),
-    (raw(event(features={"a": [1]})), "feature 'a' must be a number, string, boolean or null, got array"),
-    (raw(event(features={"a": {"b": 1}})), "got object"),
-    (raw(event(features=...)), "missing required field 'features'"),
-    (raw(event(prediction=...)), "missing required field 'prediction'"),
-    (raw(event(prediction={})), "at least one of"),
-    (raw(event(prediction={"scores": {"a": "high"}})), "must be a number"),
-    (raw(event(timestamp="yesterday-ish")), "cannot be parsed as RFC 3339"),
-    (raw(event(timestamp=...)), "missing required field 'timestamp'"),
-    (raw(event(timestamp=True)), "got boolean"),
-    (raw(event(timestamp=-5)), "out of range"),
-    (raw(event(type="query")), "'type' must be 'prediction' or 'feedback'"),
-    (raw(event(stream="batch")), "'stream' must be 'inference' or 'training'"),
-    (raw(event(embedding=[1, "x"])), "only numbers"),
-    (raw(event(groups={"region": 5})), "must be a string"),
-    (b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": NaN}, "prediction": {"value": 1}}',
-     "NaN is not a finite number"),
-    (b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": Infinity}, "prediction": {"value": 1}}',
-     "Infinity is not a finite number"),
-    (b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": 1e999}, "prediction": {"value": 1}}',
-     "out of the float range"),
-    (b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": ' + b"9" * 400
-     + b'}, "prediction": {"value": 1}}', "out of the float range"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "invalid JSON"),
+        (raw(event(event_id=...)), "missing required field 'event_id'"),
+        (raw(event(event_id=None)), "missing required field 'event_id'"),
+        (raw(event(event_id={"a": 1})), "'event_id' must be a string"),
+        (raw(event(event_id="x" * 300)), "1 to 256 characters"),
+        (raw(event(model=...)), "missing required field 'model'"),
+        (raw(event(model="no spaces allowed")), "must match"),
+        (raw(event(features=[1, 2, 3])), "'features' must be an object, got array"),
+        (raw(event(features="x")), "'features' must be an object, got string"),
+        (raw(event(features={"a": [1]})), "feature 'a' must be a number, string, boolean or null, got array"),
+        (raw(event(features={"a": {"b": 1}})), "got object"),
+        (raw(event(features=...)), "missing required field 'features'"),
+        (raw(event(prediction=...)), "missing required field 'prediction'"),
+        (raw(event(prediction={})), "at least one of"),
+        (raw(event(prediction={"scores": {"a": "high"}})), "must be a number"),
+        (raw(event(timestamp="yesterday-ish")), "cannot be parsed as RFC 3339"),
+        (raw(event(timestamp=...)), "missing required field 'timestamp'"),
+        (raw(event(timestamp=True)), "got boolean"),
+        (raw(event(timestamp=-5)), "out of range"),
+        (raw(event(type="query")), "'type' must be 'prediction' or 'feedback'"),
+        (raw(event(stream="batch")), "'stream' must be 'inference' or 'training'"),
+        (raw(event(embedding=[1, "x"])), "only numbers"),
+        (raw(event(groups={"region": 5})), "must be a string"),
+        (with_feature(b"NaN"), "NaN is not a finite number"),
+        (with_feature(b"Infinity"), "Infinity is not a finite number"),
+        (
+            with_feature(b"1e999"),
+            "out of the float range",
+        ),
+        (
+            b'{"event_id": "e", "model": "m", "timestamp": 1, "features": {"a": '
+            + b"9" * 400
+            + b'}, "prediction": {"value": 1}}',
+            "out of the float range",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
 def test_bad_messages_have_clear_reasons(message: bytes, fragment: str) -> None:
     assert fragment in reason_for(message)
 

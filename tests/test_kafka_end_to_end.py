@@ -24,11 +24,22 @@ def daemon_config(broker: EmbeddedBroker, topic: str, database_url: str, referen
         "tick_interval": "0.3s",
         # Event time only: the test's events are in the past, so wall-clock closing would close windows early.
         "close_on_wall_clock": False,
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topic": topic, "group_id": f"g-{topic}",
-                  "retry_backoff_initial": "0.2s", "retry_backoff_max": "2s"},
-        "models": {MODEL: {"window": "60s", "allowed_lateness": "20s", "min_events": 30,
-                           "reference": {"source": "file", "path": str(reference)},
-                           "detectors": {"vae_anomaly": {"max_epochs": 80}}}},
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topic": topic,
+            "group_id": f"g-{topic}",
+            "retry_backoff_initial": "0.2s",
+            "retry_backoff_max": "2s",
+        },
+        "models": {
+            MODEL: {
+                "window": "60s",
+                "allowed_lateness": "20s",
+                "min_events": 30,
+                "reference": {"source": "file", "path": str(reference)},
+                "detectors": {"vae_anomaly": {"max_epochs": 80}},
+            }
+        },
     }
 
 
@@ -39,6 +50,16 @@ def produce(broker: EmbeddedBroker, topic: str, events: list[dict[str, Any]], pa
     for i, event in enumerate(events):
         # Spread one model over every partition, the hard case for offsets and event-time order.
         producer.send(topic, value=json.dumps(event).encode(), key=MODEL.encode(), partition=i % partitions)
+    producer.flush()
+    producer.close()
+
+
+def produce_raw(broker: EmbeddedBroker, topic: str, values: list[bytes], partition: int = 2) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    for value in values:
+        producer.send(topic, value=value, key=MODEL.encode(), partition=partition)
     producer.flush()
     producer.close()
 
@@ -58,7 +79,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_four_partitions_to_stored_window_results(broker: EmbeddedBroker, database_url: str, tmp_path: Path) -> None:
+def test_four_partitions_to_stored_window_results(
+    broker: EmbeddedBroker, database_url: str, tmp_path: Path
+) -> None:
     topic = f"predictions-{uuid.uuid4().hex[:8]}"
     create_topic(broker.bootstrap_servers, topic, 4)
     reference = write_reference(tmp_path / "reference.jsonl")
@@ -69,14 +92,22 @@ def test_four_partitions_to_stored_window_results(broker: EmbeddedBroker, databa
         produced = 0
         for index, corrupt in enumerate(plan):
             events = windowed_traffic([corrupt], start=T0 + 60 * index, prefix=f"k{index}-")
+            if index == 1:
+                # Bad messages in the middle of the stream: dead-lettered, and intake goes on.
+                produce_raw(
+                    broker, topic, [b"{not json", json.dumps({**events[0], "features": "x"}).encode()]
+                )
             produce(broker, topic, events)
             produced += len(events)
             time.sleep(0.5)
         # Events of a later window move the event-time watermark past the last window's end + lateness.
         produce(broker, topic, windowed_traffic([False], per_window=8, start=T0 + 60 * 4, prefix="tail-"))
         store = stored(database_url)
-        wait_until(lambda: len(store.window_results(model=MODEL, detector="vae_anomaly")) >= len(plan), 180,
-                   "three stored windows")
+        wait_until(
+            lambda: len(store.window_results(model=MODEL, detector="vae_anomaly")) >= len(plan),
+            180,
+            "three stored windows",
+        )
         assert daemon.terminate() == 0
     finally:
         if daemon.process and daemon.process.poll() is None:
@@ -85,6 +116,13 @@ def test_four_partitions_to_stored_window_results(broker: EmbeddedBroker, databa
     assert [r.status for r in results[:3]] == ["ok", "alert", "ok"], daemon.log
     assert sum(r.n_events for r in results[:3]) == produced
     assert "stopped" in daemon.log and "Traceback" not in daemon.log
+    letters = store.dead_letters()
+    assert sorted(d.reason.split(":")[0] for d in letters) == [
+        "field 'features' must be an object, got string",
+        "invalid JSON",
+    ]
+    assert all(d.topic == topic and d.partition == 2 and d.offset is not None for d in letters)
+    assert b"{not json" in [d.raw for d in letters]
 
 
 def test_sigkill_mid_window_loses_nothing_and_stores_each_window_once(
@@ -94,8 +132,10 @@ def test_sigkill_mid_window_loses_nothing_and_stores_each_window_once(
     create_topic(broker.bootstrap_servers, topic, 4)
     database_url = f"sqlite:///{tmp_path / 'crash.db'}"
     config = daemon_config(broker, topic, database_url, write_reference(tmp_path / "reference.jsonl"))
-    windows = [windowed_traffic([corrupt], start=T0 + 60 * i, prefix=f"c{i}-") for i, corrupt in
-               enumerate([False, False, True, False])]
+    windows = [
+        windowed_traffic([corrupt], start=T0 + 60 * i, prefix=f"c{i}-")
+        for i, corrupt in enumerate([False, False, True, False])
+    ]
 
     first = DaemonProcess(config, tmp_path).start()
     try:
@@ -118,8 +158,11 @@ def test_sigkill_mid_window_loses_nothing_and_stores_each_window_once(
         time.sleep(0.5)
         produce(broker, topic, windows[3])
         produce(broker, topic, windowed_traffic([False], per_window=8, start=T0 + 60 * 6, prefix="tail-"))
-        wait_until(lambda: len(store.window_results(model=MODEL, detector="vae_anomaly")) >= 4, 180,
-                   "four stored windows")
+        wait_until(
+            lambda: len(store.window_results(model=MODEL, detector="vae_anomaly")) >= 4,
+            180,
+            "four stored windows",
+        )
         assert second.terminate() == 0
     finally:
         if second.process and second.process.poll() is None:

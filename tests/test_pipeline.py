@@ -116,9 +116,12 @@ def test_bad_messages_are_dead_lettered_and_intake_goes_on(database_url: str, tm
         b"{not json",
         json.dumps({**good[0], "event_id": None}).encode(),
         json.dumps({**good[0], "event_id": "x1", "features": [1, 2]}).encode(),
-        b'{"event_id": "x2", "model": "digits", "timestamp": 1, "features": {"px0": NaN}, "prediction": {"label": "1"}}',
+        b'{"event_id": "x2", "model": "digits", "timestamp": 1, "features": {"px0": NaN}, '
+        b'"prediction": {"label": "1"}}',
         json.dumps({**good[0], "event_id": "x3", "timestamp": "half past ten"}).encode(),
-        json.dumps({**good[0], "event_id": "x4", "features": {**good[0]["features"], "px0": "dark"}}).encode(),
+        json.dumps(
+            {**good[0], "event_id": "x4", "features": {**good[0]["features"], "px0": "dark"}}
+        ).encode(),
         json.dumps({**good[0], "event_id": "x5", "features": {"pz": 1.0}}).encode(),
         json.dumps({**good[0], "event_id": "x6", "pad": "x" * 3_000_000}).encode(),
     ]
@@ -128,8 +131,16 @@ def test_bad_messages_are_dead_lettered_and_intake_goes_on(database_url: str, tm
     letters = store.dead_letters(limit=100)
     assert len(letters) == len(bad)
     reasons = " | ".join(d.reason for d in letters)
-    for fragment in ("invalid JSON", "event_id", "'features' must be an object", "NaN",
-                     "cannot be parsed as RFC 3339", "reference schema", "unknown feature", "exceeds the limit"):
+    for fragment in (
+        "invalid JSON",
+        "event_id",
+        "'features' must be an object",
+        "NaN",
+        "cannot be parsed as RFC 3339",
+        "reference schema",
+        "unknown feature",
+        "exceeds the limit",
+    ):
         assert fragment in reasons
     oversized = next(d for d in letters if "exceeds" in d.reason)
     assert oversized.size > 3_000_000 and oversized.partition == 0 and oversized.offset == 25 + 7
@@ -146,7 +157,9 @@ def test_too_small_window_is_skipped_with_reason(tmp_path: Path) -> None:
     assert result.reason == "too few events: 12 < min_events 30"
 
 
-def ingest_all(pipeline: Pipeline, events: list[dict[str, object]], partition: int = 0, first: int = 0) -> None:
+def ingest_all(
+    pipeline: Pipeline, events: list[dict[str, object]], partition: int = 0, first: int = 0
+) -> None:
     for i, event in enumerate(events):
         pipeline.ingest(RawMessage(json.dumps(event).encode(), Position("t", partition, first + i)))
 
@@ -158,8 +171,9 @@ def test_late_events_go_to_the_open_window_and_feedback_labels_attach(tmp_path: 
     pipeline = Pipeline(make_config(url, reference=reference), store, live=False)
     pipeline.prepare()
     pipeline.fit_pending()
-    first, second, third = (windowed_traffic([False], per_window=40, start=T0 + 60 * i, prefix=f"p{i}-")
-                            for i in range(3))
+    first, second, third = (
+        windowed_traffic([False], per_window=40, start=T0 + 60 * i, prefix=f"p{i}-") for i in range(3)
+    )
     ingest_all(pipeline, first)
     ingest_all(pipeline, second, first=100)
     # Event time passed the first window's end plus lateness: it closes.
@@ -169,18 +183,24 @@ def test_late_events_go_to_the_open_window_and_feedback_labels_attach(tmp_path: 
     straggler = {**first[0], "event_id": "late-1"}
     ingest_all(pipeline, [straggler], first=200)
     # Feedback for an event of the open window and one of the stored window.
-    feedback = [{"type": "feedback", "event_id": second[3]["event_id"], "model": MODEL, "label": "fb-open"},
-                {"type": "feedback", "event_id": first[5]["event_id"], "model": MODEL, "label": "fb-stored"},
-                {"type": "feedback", "event_id": "not-yet-seen", "model": MODEL, "label": "fb-early"}]
+    feedback = [
+        {"type": "feedback", "event_id": second[3]["event_id"], "model": MODEL, "label": "fb-open"},
+        {"type": "feedback", "event_id": first[5]["event_id"], "model": MODEL, "label": "fb-stored"},
+        {"type": "feedback", "event_id": "not-yet-seen", "model": MODEL, "label": "fb-early"},
+    ]
     ingest_all(pipeline, feedback, first=300)
     pipeline.flush()
     early = {**third[0], "event_id": "not-yet-seen", "timestamp": T0 + 61}
-    ingest_all(pipeline, third[1:] + [early], first=400)
+    ingest_all(pipeline, [*third[1:], early], first=400)
     closed_now = pipeline.close_due(final=True)
     windows = {w.start.timestamp(): w for w in store.windows(MODEL)}
     assert windows[T0 + 60].n_events == 42 and windows[T0 + 60].n_late == 1
     labels = store.event_labels(MODEL, [second[3]["event_id"], first[5]["event_id"], "not-yet-seen"])
-    assert labels == {second[3]["event_id"]: "fb-open", first[5]["event_id"]: "fb-stored", "not-yet-seen": "fb-early"}
+    assert labels == {
+        second[3]["event_id"]: "fb-open",
+        first[5]["event_id"]: "fb-stored",
+        "not-yet-seen": "fb-early",
+    }
     assert len(closed_now) == 2
 
 
@@ -190,7 +210,9 @@ def test_offsets_are_held_back_until_the_window_is_stored(tmp_path: Path) -> Non
     pipeline = Pipeline(make_config(url, reference=reference), open_store(url), live=False)
     pipeline.prepare()
     pipeline.fit_pending()
-    first, second = (windowed_traffic([False], per_window=40, start=T0 + 60 * i, prefix=f"q{i}-") for i in range(2))
+    first, second = (
+        windowed_traffic([False], per_window=40, start=T0 + 60 * i, prefix=f"q{i}-") for i in range(2)
+    )
     ingest_all(pipeline, first[:20], partition=0, first=0)
     ingest_all(pipeline, first[20:], partition=1, first=0)
     ingest_all(pipeline, [b for b in second[:10]], partition=0, first=20)
@@ -208,3 +230,53 @@ def test_parse_of_reference_file_round_trip(tmp_path: Path) -> None:
     reference = write_reference(tmp_path / "reference.jsonl")
     lines = reference.read_bytes().splitlines()
     assert all(parse_message(line).model == MODEL for line in lines[:5])
+
+
+class FakeClock:
+    """Wall-clock time injected into the pipeline, so no test sleeps to test a time rule."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_stream_closes_its_window_on_wall_clock_time(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    reference = write_reference(tmp_path / "reference.jsonl")
+    clock = FakeClock(T0 + 30)
+    pipeline = Pipeline(make_config(url, reference=reference), open_store(url), clock=clock, live=True)
+    pipeline.prepare()
+    pipeline.fit_pending()
+    ingest_all(pipeline, windowed_traffic([False], per_window=40))
+    assert pipeline.close_due() == []  # the window is still running
+    clock.now = T0 + 60 + 4.9
+    assert pipeline.close_due() == []  # past its end, but within the allowed lateness of 5 s
+    clock.now = T0 + 60 + 5.0
+    [closed] = pipeline.close_due()  # no newer event came; wall-clock time closed it
+    assert closed.stored.n_events == 40
+
+
+def test_far_future_timestamps_are_dead_lettered_when_live(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    reference = write_reference(tmp_path / "reference.jsonl")
+    store = open_store(url)
+    pipeline = Pipeline(make_config(url, reference=reference), store, clock=FakeClock(T0), live=True)
+    pipeline.prepare()
+    [event] = windowed_traffic([False], per_window=1, start=T0 + 7200)
+    ingest_all(pipeline, [event])
+    pipeline.flush()
+    [letter] = store.dead_letters()
+    assert "in the future" in letter.reason and letter.model == MODEL
+
+
+def test_unknown_models_can_be_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = open_store(url)
+    config = make_config(url, reference=write_reference(tmp_path / "r.jsonl"), unknown_models="dead_letter")
+    pipeline = Pipeline(config, store, live=False)
+    [event] = windowed_traffic([False], per_window=1, model="someone-else")
+    ingest_all(pipeline, [event])
+    pipeline.flush()
+    assert "not configured" in store.dead_letters()[0].reason

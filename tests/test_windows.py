@@ -9,12 +9,20 @@ from monitor.windows import OffsetFloor, Position, Window, window_start
 
 
 def make_event(i: int, t: float = 1000.0) -> PredictionEvent:
-    return PredictionEvent(event_id=f"e{i}", model="m", timestamp=t + i * 0.001, features={"x": float(i)},
-                           prediction={"label": str(i % 3)}, client_id=f"c{i % 2}")
+    return PredictionEvent(
+        event_id=f"e{i}",
+        model="m",
+        timestamp=t + i * 0.001,
+        features={"x": float(i)},
+        prediction={"label": str(i % 3)},
+        client_id=f"c{i % 2}",
+    )
 
 
-@pytest.mark.parametrize(("t", "length", "start"), [(0, 60, 0), (59.999, 60, 0), (60, 60, 60),
-                                                     (1795861877.12, 300, 1795861800), (7.5, 2.5, 7.5)])
+@pytest.mark.parametrize(
+    ("t", "length", "start"),
+    [(0, 60, 0), (59.999, 60, 0), (60, 60, 60), (1795861877.12, 300, 1795861800), (7.5, 2.5, 7.5)],
+)
 def test_windows_align_to_their_length(t: float, length: float, start: float) -> None:
     assert window_start(t, length) == start
 
