@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/sentinel demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check detectors storage monitor tests bench
+	$(BIN)/ruff check $(wildcard detectors storage monitor tests bench)
 	$(BIN)/mypy
 
 test: $(STAMP) lint
