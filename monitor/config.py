@@ -31,10 +31,19 @@ from pydantic import (
     model_validator,
 )
 
-from detectors.registry import create_detector
+from detectors.registry import DETECTORS, create_detector
 from monitor.errors import ConfigError
 from monitor.intake import MODEL_ID
 
+# Every detector of the contract that works on the logged events alone.
+DEFAULT_DETECTORS = (
+    "vae_anomaly",
+    "latent_drift",
+    "feature_drift",
+    "output_drift",
+    "label_drift",
+    "performance",
+)
 ENV_PREFIX = "SENTINEL_"
 # Variables with the prefix that are not configuration keys.
 ENV_RESERVED = {"SENTINEL_CONFIG", "SENTINEL_REQUIRE_SERVICES"}
@@ -59,6 +68,10 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _default_detectors() -> dict[str, dict[str, Any] | bool | None]:
+    return {name: {} for name in DEFAULT_DETECTORS if name in DETECTORS}
 
 
 class _Strict(BaseModel):
@@ -116,6 +129,19 @@ class ReferenceSettings(_Strict):
         return self
 
 
+class Persistence(_Strict):
+    """Alert only when ``k`` of a detector's last ``n`` tested windows fail (Prometheus' ``for:``)."""
+
+    k: int = Field(2, ge=1)
+    n: int = Field(3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _k_at_most_n(self) -> Persistence:
+        if self.k > self.n:
+            raise ValueError(f"k must be at most n (got k={self.k}, n={self.n})")
+        return self
+
+
 class ModelSettings(_Strict):
     """Per-model settings; ``defaults`` holds them for every model, ``models.<id>`` overrides."""
 
@@ -126,7 +152,14 @@ class ModelSettings(_Strict):
     top_anomalies: int = Field(20, ge=0, le=1000)
     max_future_skew: Duration = 3600.0
     reference: ReferenceSettings = ReferenceSettings()
-    detectors: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"vae_anomaly": dict[str, Any]()})
+    # The per-window false-alarm budget of the model, split evenly across its detectors (Bonferroni), unless a
+    # detector's own `alpha` is set. With persistence this keeps a clean stream near one alert a day.
+    significance: float = Field(0.01, gt=0, lt=0.5)
+    persistence: Persistence = Persistence()
+    # Evidence this strong alerts at once, whatever the persistence rule says.
+    immediate_p: float = Field(1e-6, ge=0, lt=0.5)
+    # Detector id -> parameters; `false` switches a detector off (e.g. one enabled in `defaults`).
+    detectors: dict[str, dict[str, Any] | bool | None] = Field(default_factory=lambda: _default_detectors())
 
     @field_validator("allowed_lateness", mode="before")
     @classmethod
@@ -137,18 +170,35 @@ class ModelSettings(_Strict):
 
     @field_validator("detectors")
     @classmethod
-    def _detectors_exist(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _detectors_exist(
+        cls, value: dict[str, dict[str, Any] | bool | None]
+    ) -> dict[str, dict[str, Any] | bool | None]:
         for detector_id, params in value.items():
+            if params is False:
+                continue
+            if params is True or params is None:
+                params = {}
             # Building the detector checks the id and every parameter with the detector's own rules.
             try:
-                create_detector(detector_id, params or {})
+                create_detector(detector_id, params)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{detector_id}: {exc}") from exc
         return value
 
+    @property
+    def enabled_detectors(self) -> list[str]:
+        return [name for name, params in self.detectors.items() if params is not False]
+
+    def detector_params(self, detector_id: str) -> dict[str, Any]:
+        """The detector's parameters, with its share of the significance budget as ``alpha`` unless set."""
+        raw = self.detectors.get(detector_id)
+        params = dict(raw) if isinstance(raw, dict) else {}
+        params.setdefault("alpha", self.significance / max(1, len(self.enabled_detectors)))
+        return params
+
     def params_hash(self, detector_id: str) -> str:
         """A stable hash of one detector's parameters: fitted state is reused only for equal hashes."""
-        blob = json.dumps(self.detectors.get(detector_id, {}), sort_keys=True, default=str)
+        blob = json.dumps(self.detector_params(detector_id), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

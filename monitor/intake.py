@@ -53,7 +53,8 @@ class PredictionEvent:
         scores = self.prediction.get("scores")
         if scores:
             return str(max(scores.items(), key=lambda item: item[1])[0])
-        return None
+        value = self.prediction.get("value")
+        return repr(value) if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +256,15 @@ def _prediction_field(value: Any) -> dict[str, Any]:
 
 
 def _class_label(value: Any, name: str) -> str | None:
+    """A class (string or integer) or, for regression, a number; kept as text."""
     if value is None:
         return None
+    if isinstance(value, float):
+        return repr(_as_float(value, name))
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise IntakeError(f"field '{name}' must be a string or integer class, got {_type_name(value)}")
+        raise IntakeError(
+            f"field '{name}' must be a string, an integer class or a number, got {_type_name(value)}"
+        )
     text = str(value)
     if len(text) > MAX_STRING:
         raise IntakeError(f"field '{name}' is {len(text)} characters long")

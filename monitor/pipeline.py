@@ -13,12 +13,13 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from detectors.base import DetectionResult, Detector, Status
+from detectors.base import Batch, DetectionResult, Detector, Status
 from detectors.encoding import FeatureSchema
 from detectors.registry import DETECTORS, create_detector
 from detectors.state import dump_state, load_state
@@ -40,6 +41,9 @@ from storage import (
 log = logging.getLogger("sentinel.pipeline")
 
 Clock = Callable[[], float]
+
+# Detectors that need only predictions and labels: re-evaluated on a stored window when late labels arrive.
+LABEL_DETECTORS = ("performance", "label_drift")
 
 
 class ModelPhase(enum.StrEnum):
@@ -85,6 +89,8 @@ class ModelRuntime:
     schema: FeatureSchema | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     fit_errors: dict[str, str] = field(default_factory=dict)
+    # Per detector, whether each of its last n tested windows failed (for the persistence rule).
+    history: dict[str, deque[bool]] = field(default_factory=dict)
     duplicates: int = 0
 
 
@@ -248,14 +254,49 @@ class Pipeline:
         dead = [item.dead_letter for item in batch if item.dead_letter is not None]
         if dead:
             self.store.add_dead_letters(dead)
+        relabelled: set[tuple[str, int]] = set()
         for item in batch:
             if item.feedback is not None:
-                when = datetime.fromtimestamp(item.feedback.timestamp or self.clock(), UTC)
-                self.store.attach_label(
-                    item.feedback.model, item.feedback.event_id, item.feedback.label, when
-                )
+                fb = item.feedback
+                when = datetime.fromtimestamp(fb.timestamp or self.clock(), UTC)
+                window_id = self.store.label_event(fb.model, fb.event_id, fb.label, when)
+                if window_id is not None:
+                    relabelled.add((fb.model, window_id))
+        for model, window_id in sorted(relabelled):
+            self._reevaluate_labels(model, window_id)
         with self._lock:
             del self._pending[: len(batch)]
+
+    def _reevaluate_labels(self, model: str, window_id: int) -> None:
+        """Late labels are the normal case: re-run the label-based detectors of a stored window on its stored
+        (prediction, label) pairs and update those results in place."""
+        runtime = self._models.get(model)
+        if runtime is None or runtime.phase is not ModelPhase.READY:
+            return
+        detectors = [runtime.detectors[d] for d in LABEL_DETECTORS if d in runtime.detectors]
+        if not detectors:
+            return
+        pairs = self.store.window_label_pairs(window_id)
+        batch = Batch(
+            event_ids=[event_id for event_id, _, _ in pairs],
+            features=[{} for _ in pairs],
+            predictions=[{"label": predicted} if predicted is not None else {} for _, predicted, _ in pairs],
+            labels=[label for _, _, label in pairs],
+        )
+        for detector in detectors:
+            try:
+                result = detector.evaluate(batch)
+            except Exception as exc:  # a detector bug must not stop intake
+                log.exception("model %s: re-evaluating %s of window %d failed", model, detector.id, window_id)
+                result = detector.skipped(len(batch), f"detector failed: {type(exc).__name__}: {exc}")
+            self.store.update_result(window_id, _result_row(result))
+            log.info(
+                "model %s: window %d %s re-evaluated after late labels: %s",
+                model,
+                window_id,
+                detector.id,
+                result.status.value,
+            )
 
     @property
     def backlog(self) -> int:
@@ -341,6 +382,7 @@ class Pipeline:
                 runtime.reference_events = decode_events(stored.payload)
                 # After a restart the stream may deliver the warm-up events again: they are not window events.
                 runtime.reference_ids = frozenset(e.event_id for e in runtime.reference_events)
+        self._load_history(runtime)
         if runtime.reference_events:
             runtime.schema = FeatureSchema.fit([e.features for e in runtime.reference_events])
             runtime.phase = ModelPhase.FITTING
@@ -351,6 +393,20 @@ class Pipeline:
             closed.isoformat() if closed else "never",
         )
         return runtime
+
+    def _load_history(self, runtime: ModelRuntime) -> None:
+        """Rebuild the persistence history from the stored results, so a restart keeps counting."""
+        n = runtime.settings.persistence.n
+        if n <= 1:
+            return
+        limit = n * max(1, len(runtime.settings.detectors))
+        for row in sorted(
+            self.store.window_results(model=runtime.name, limit=limit), key=lambda r: r.window_start
+        ):
+            if row.status == "skipped":
+                continue
+            raw = row.evidence.get("raw_status", row.status) if isinstance(row.evidence, dict) else row.status
+            runtime.history.setdefault(row.detector, deque(maxlen=n)).append(raw == "alert")
 
     def fit_pending(self) -> None:
         """Fit (or load the stored fit of) every model whose reference is known and detectors are not."""
@@ -369,12 +425,12 @@ class Pipeline:
         batch = to_batch(runtime.reference_events)
         detectors: dict[str, Detector] = {}
         errors: dict[str, str] = {}
-        for detector_id, params in settings.detectors.items():
+        for detector_id in settings.enabled_detectors:
             params_hash = settings.params_hash(detector_id)
             saved = self.store.load_detector_state(
                 runtime.name, detector_id, runtime.reference_id, params_hash
             )
-            detector = create_detector(detector_id, params)
+            detector = create_detector(detector_id, settings.detector_params(detector_id))
             if saved is not None:
                 detector.load_state_dict(load_state(saved))
                 log.info("model %s: %s restored from stored state", runtime.name, detector_id)
@@ -498,7 +554,7 @@ class Pipeline:
         results: list[DetectionResult] = []
         sample = window.sampled_events()
         batch = to_batch([event for _, event in sample], [window.labels[slot] for slot, _ in sample])
-        for detector_id in settings.detectors:
+        for detector_id in settings.enabled_detectors:
             detector = runtime.detectors.get(detector_id)
             threat = DETECTORS[detector_id].threat
             if detector is None:
@@ -515,8 +571,31 @@ class Pipeline:
                 log.exception("model %s: %s failed on window %s", runtime.name, detector_id, window.start)
                 result = detector.skipped(n, f"detector failed: {type(exc).__name__}: {exc}")
             log.debug("model %s: %s took %.3f s", runtime.name, detector_id, time.perf_counter() - started)
-            results.append(result)
+            results.append(self._persist(runtime, result))
         return results
+
+    def _persist(self, runtime: ModelRuntime, result: DetectionResult) -> DetectionResult:
+        """Apply the persistence rule: a failing test alerts when k of the detector's last n tested
+        windows failed, or at once when its p-value is below ``immediate_p``. The raw outcome stays in
+        the evidence."""
+        if result.status is Status.SKIPPED:
+            return result
+        settings = runtime.settings
+        failed = result.status is Status.ALERT
+        history = runtime.history.setdefault(result.detector, deque(maxlen=settings.persistence.n))
+        history.append(failed)
+        if not failed:
+            return result
+        strong = result.p_value is not None and result.p_value < settings.immediate_p
+        if strong or sum(history) >= settings.persistence.k:
+            return replace(result, evidence={**result.evidence, "raw_status": "alert"})
+        note = (
+            f"{sum(history)} of the last {len(history)} windows failed; alerts at "
+            f"{settings.persistence.k} of {settings.persistence.n}"
+        )
+        return replace(
+            result, status=Status.OK, evidence={**result.evidence, "raw_status": "alert", "persistence": note}
+        )
 
     def _anomalies(
         self, runtime: ModelRuntime, window: Window, results: Sequence[DetectionResult]

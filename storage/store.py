@@ -49,6 +49,7 @@ from storage.records import (
     DeadLetterIn,
     EventRow,
     ReferenceRecord,
+    ResultRow,
     StoredWindow,
     WindowRecord,
     WindowResultRecord,
@@ -470,6 +471,11 @@ class Store:
         If the event is not stored yet, the label waits in ``pending_labels`` and is applied by
         :meth:`store_window`. Of several labels for one event, the one with the latest ``at`` wins.
         """
+        return self.label_event(model, event_id, label, at) is not None
+
+    def label_event(self, model: str, event_id: str, label: str, at: datetime) -> int | None:
+        """Like :meth:`attach_label`, returning the id of the stored event's window (None if parked),
+        so that the caller can re-evaluate that window's label-based results."""
         require_aware(at, "at")
         if not isinstance(label, str):
             raise TypeError(f"label must be a str, got {type(label).__name__}")
@@ -493,9 +499,9 @@ class Store:
                         where=PENDING.c.received_at <= stmt.excluded.received_at,
                     )
                 )
-                return False
+                return None
             if row.labelled_at is not None and row.labelled_at > at:
-                return True  # a later label is already stored
+                return int(row.window_id)  # a later label is already stored
             session.execute(
                 update(EVENTS)
                 .where(EVENTS.c.model == model, EVENTS.c.event_id == event_id)
@@ -507,7 +513,43 @@ class Store:
                     .where(WINDOWS.c.id == row.window_id)
                     .values(n_labelled=WINDOWS.c.n_labelled + 1)
                 )
-            return True
+            return int(row.window_id)
+
+    def window_label_pairs(self, window_id: int) -> list[tuple[str, str | None, str | None]]:
+        """``(event_id, predicted, label)`` of every stored event of one window, in id order."""
+        with self._transaction("reading a window's labels") as session:
+            rows = session.execute(
+                select(EVENTS.c.event_id, EVENTS.c.predicted, EVENTS.c.label)
+                .where(EVENTS.c.window_id == window_id)
+                .order_by(EVENTS.c.event_id)
+            )
+            return [(event_id, predicted, label) for event_id, predicted, label in rows]
+
+    def update_result(self, window_id: int, result: ResultRow) -> None:
+        """Replace one detector's result of a stored window (e.g. performance after late labels)."""
+        with self._transaction("updating a window result", write=True) as session:
+            window = session.execute(
+                select(WINDOWS.c.model, WINDOWS.c.start, WINDOWS.c.end).where(WINDOWS.c.id == window_id)
+            ).one_or_none()
+            if window is None:
+                raise StorageError(f"no stored window with id {window_id}")
+            record = WindowRecord(
+                model=window.model, start=window.start, end=window.end, n_late=0, events=(),
+                results=(result,), anomalies=(), closed_at=window.end,
+            )
+            [values] = _result_values(record)
+            now = orm.utcnow()
+            row = {**values, "window_id": window_id, "model": window.model, "window_start": window.start,
+                   "window_end": window.end, "created_at": now, "updated_at": now}
+            stmt = self._upsert(session, RESULTS)
+            keep = {"id", "window_id", "detector", "created_at"}
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[RESULTS.c.window_id, RESULTS.c.detector],
+                    set_={c.name: stmt.excluded[c.name] for c in RESULTS.columns if c.name not in keep},
+                ),
+                [row],
+            )
 
     # ------------------------------------------------------------------ history queries
 

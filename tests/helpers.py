@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monitor.config import AppConfig
+from monitor.config import DEFAULT_DETECTORS, AppConfig
 from monitor.demo_data import live_events, reference_events
 
 MODEL = "digits"
@@ -21,13 +21,20 @@ def make_config(
     warmup: int = 800,
     window: float = 60.0,
     min_events: int = 30,
+    detectors: dict[str, Any] | None = None,
     **extra: Any,
 ) -> AppConfig:
     model: dict[str, Any] = {
         "window": window,
         "allowed_lateness": 5,
         "min_events": min_events,
-        "detectors": {"vae_anomaly": {"max_epochs": 80}},
+        # The foundation tests watch vae_anomaly alone unless told otherwise.
+        "detectors": detectors
+        if detectors is not None
+        else {
+            "vae_anomaly": {"max_epochs": 80},
+            **{d: False for d in DEFAULT_DETECTORS if d != "vae_anomaly"},
+        },
         "reference": {"source": "file", "path": str(reference)}
         if reference
         else {"source": "warmup", "warmup_events": warmup},
