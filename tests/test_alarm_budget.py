@@ -1,0 +1,82 @@
+"""The alarm budget: one significance level split across detectors, and the k-of-n persistence rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detectors.base import DetectionResult, Status, Threat
+from monitor.config import AppConfig, ModelSettings
+from monitor.pipeline import ModelPhase, ModelRuntime, Pipeline
+from storage import Store, make_engine, migrate
+
+
+def test_significance_is_split_across_enabled_detectors() -> None:
+    settings = ModelSettings.model_validate({
+        "significance": 0.012,
+        "detectors": {"vae_anomaly": {"quantile": 0.995}, "feature_drift": {}, "output_drift": {"alpha": 0.05}},
+    })
+    assert settings.enabled_detectors == ["vae_anomaly", "feature_drift", "output_drift"]
+    assert settings.detector_params("vae_anomaly") == {"quantile": 0.995, "alpha": pytest.approx(0.004)}
+    assert settings.detector_params("output_drift")["alpha"] == 0.05  # set explicitly: kept
+
+
+def test_false_switches_a_default_detector_off() -> None:
+    config = AppConfig.model_validate({
+        "defaults": {"detectors": {"vae_anomaly": {}, "feature_drift": {}}},
+        "models": {"m": {"detectors": {"feature_drift": False}}},
+    })
+    settings = config.model_settings("m")
+    assert settings.enabled_detectors == ["vae_anomaly"]
+    assert settings.detector_params("vae_anomaly")["alpha"] == 0.01
+
+
+def test_alpha_is_part_of_the_fitted_state_key() -> None:
+    one = ModelSettings.model_validate({"detectors": {"vae_anomaly": {}}})
+    two = ModelSettings.model_validate({"detectors": {"vae_anomaly": {}, "feature_drift": {}}})
+    # A different split is a different detector: its stored state must not be reused.
+    assert one.params_hash("vae_anomaly") != two.params_hash("vae_anomaly")
+
+
+def result(status: Status, p: float | None = 0.001) -> DetectionResult:
+    return DetectionResult("vae_anomaly", Threat.ROBUSTNESS, status, 200, statistic=0.1, p_value=p)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    return Pipeline(AppConfig(), Store(engine), live=False)
+
+
+def runtime(k: int, n: int, immediate_p: float = 1e-6) -> ModelRuntime:
+    settings = ModelSettings.model_validate(
+        {"persistence": {"k": k, "n": n}, "immediate_p": immediate_p, "detectors": {"vae_anomaly": {}}}
+    )
+    return ModelRuntime(name="m", settings=settings, phase=ModelPhase.READY)
+
+
+def test_two_of_three_failing_windows_alert(pipeline: Pipeline) -> None:
+    state = runtime(2, 3)
+    outcomes = [pipeline._persist(state, result(s)) for s in
+                (Status.ALERT, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.ALERT)]
+    assert [o.status for o in outcomes] == [Status.OK, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.OK]
+    first = outcomes[0]
+    assert first.evidence["raw_status"] == "alert"
+    assert first.evidence["persistence"] == "1 of the last 1 windows failed; alerts at 2 of 3"
+
+
+def test_overwhelming_evidence_alerts_at_once(pipeline: Pipeline) -> None:
+    state = runtime(3, 3, immediate_p=1e-6)
+    assert pipeline._persist(state, result(Status.ALERT, p=1e-9)).status is Status.ALERT  # at once
+    assert pipeline._persist(state, result(Status.ALERT, p=1e-3)).status is Status.OK  # 2 of 3 so far
+    assert pipeline._persist(state, result(Status.ALERT, p=1e-3)).status is Status.ALERT  # 3 of 3
+
+
+def test_skipped_windows_do_not_count(pipeline: Pipeline) -> None:
+    state = runtime(2, 2)
+    pipeline._persist(state, result(Status.ALERT))
+    skipped = pipeline._persist(state, DetectionResult("vae_anomaly", Threat.ROBUSTNESS, Status.SKIPPED, 3))
+    assert skipped.status is Status.SKIPPED
+    assert pipeline._persist(state, result(Status.ALERT)).status is Status.ALERT
