@@ -268,7 +268,7 @@ def goals(rows: list[Row], clean_windows: int) -> None:
     margin = float(binom.ppf(0.95, clean_windows, ALPHA)) / clean_windows
     checks = [
         (
-            f"false-alarm rate within alpha 0.01 (worst detector and size; <= {margin:.3f} on {clean_windows})",
+            f"false alarms within alpha 0.01 (worst detector and size; <= {margin:.3f} on {clean_windows})",
             worst_fa,
             worst_fa <= margin,
         ),
