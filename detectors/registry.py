@@ -8,11 +8,21 @@ from typing import Any
 
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Detector
+from detectors.drift import FeatureDriftDetector, LabelDriftDetector, OutputDriftDetector, PerformanceDetector
 
 __all__ = ["DETECTORS", "create_detector"]
 
 DETECTORS: Mapping[str, type[Detector]] = MappingProxyType(
-    {cls.id: cls for cls in (VAEAnomalyDetector,)}  # keyed by the class's own id, so the two cannot differ
+    {  # keyed by the class's own id, so the two cannot differ
+        cls.id: cls
+        for cls in (
+            VAEAnomalyDetector,
+            FeatureDriftDetector,
+            OutputDriftDetector,
+            LabelDriftDetector,
+            PerformanceDetector,
+        )
+    }
 )
 """Detector classes by id (read-only)."""
 

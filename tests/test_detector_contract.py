@@ -1,7 +1,8 @@
 """The contract every registered detector must honour, and the state format they are saved in.
 
 The conformance test runs once per entry of :data:`detectors.DETECTORS`, on load_breast_cancer split
-with a seeded permutation into a reference and a disjoint clean window.
+with a seeded permutation into a reference and a disjoint clean window, with features, a classifier's
+predictions (label and scores) and the true labels, so that every detector has the data it uses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from detectors import DETECTORS, Batch, Detector, NotFittedError, Status, create_detector
 from detectors.state import dump_state, load_state
@@ -27,21 +32,43 @@ _SPLIT_SEED = 20_240_603
 
 
 def _cancer_batches() -> tuple[Batch, Batch]:
-    """A 369-event reference and a disjoint 200-event clean window, with every Batch column filled."""
+    """A 369-event reference and a disjoint 200-event clean window, with every Batch column filled.
+
+    The predictions come from a logistic regression: out-of-fold (5-fold) for the reference events, from
+    the model fitted on the whole reference for the window, so that no prediction is made on an event the
+    model was trained on (in-sample predictions would make the reference look better than any window).
+    """
     data = load_breast_cancer()
     names = [name.replace(" ", "_") for name in data.feature_names]
+    classes = [str(name) for name in data.target_names]
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(data.data))
+    reference_ids, window_ids = order[:369], order[369:]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    proba = np.empty((len(data.data), len(classes)))
+    proba[reference_ids] = cross_val_predict(
+        model, data.data[reference_ids], data.target[reference_ids], cv=5, method="predict_proba"
+    )
+    proba[window_ids] = model.fit(data.data[reference_ids], data.target[reference_ids]).predict_proba(
+        data.data[window_ids]
+    )
 
     def batch(ids: np.ndarray) -> Batch:
         return Batch(
             event_ids=[f"e{i}" for i in ids],
             features=[dict(zip(names, map(float, data.data[i]), strict=True)) for i in ids],
+            predictions=[
+                {
+                    "label": classes[int(np.argmax(proba[i]))],
+                    "scores": dict(zip(classes, map(float, proba[i]), strict=True)),
+                }
+                for i in ids
+            ],
             labels=[str(data.target_names[data.target[i]]) for i in ids],
             client_ids=[f"client{i % 7}" for i in ids],
             timestamps=[1_700_000_000.0 + float(i) for i in ids],
         )
 
-    return batch(order[:369]), batch(order[369:])
+    return batch(reference_ids), batch(window_ids)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,354 @@
+"""Change in the mix of ground-truth labels among the labelled events of a window.
+
+A label mix that moves away from the reference's (a class that disappears, or floods in) is a prior-shift
+drift, or labels being tampered with on their way back to the model: a poisoning vector. Only the events of
+the window that carry a label are used.
+
+* classification — chi-squared test of the 2 x K table of label counts (reference, window), with rare and
+  unseen labels pooled until every expected count is >= 5, together with a two-sided test of each class's
+  share (and of the share of labels unseen in the reference): with many classes, one class that
+  disappears barely moves the omnibus statistic (see :func:`detectors.drift._stats.class_mix_tests`).
+  The ``1 + K + 1`` p-values are corrected together (Bonferroni by default);
+* regression — two-sample Kolmogorov-Smirnov test of the label values.
+
+Whether the labels are classes or values is decided at ``fit`` (``task="auto"``): values when they all parse
+as numbers and the reference predictions carry a ``"value"`` (or, without predictions, some label is not a
+whole number). Labels such as "0".."9" are classes when the model predicts classes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from detectors.base import Batch, DetectionResult, Detector, NotFittedError, Status, Threat
+from detectors.drift._stats import (
+    CORRECTIONS,
+    TASKS,
+    adjust_pvalues,
+    check_choice,
+    check_float,
+    check_int,
+    class_mix_tests,
+    infer_task,
+    ks_critical_value,
+    ks_test,
+    parse_float,
+    plain,
+)
+
+__all__ = ["LabelDriftDetector"]
+
+_STATE_VERSION = 1
+
+
+class LabelDriftDetector(Detector):
+    """Flags windows whose labelled events have a different label mix from the reference.
+
+    Parameters
+    ----------
+    alpha
+        False-alarm rate per window, in (0, 0.5).
+    min_labelled
+        Windows with fewer labelled events are skipped (>= 2); ``fit`` needs as many in the reference.
+    task
+        ``"auto"`` (see the module docstring), ``"classification"`` or ``"regression"``.
+    correction
+        Correction over the class-mix tests: ``"bonferroni"`` (family-wise, the default) or ``"fdr_bh"``.
+    max_classes
+        Classes kept, the most frequent in the reference (>= 1); the others count as "other".
+    top_k
+        Classes reported in ``evidence["shares"]``, the most changed first (>= 1).
+
+    Notes
+    -----
+    Classification: ``statistic`` is the chi-squared statistic, ``p_value`` the smallest corrected p-value of
+    the family and ``threshold`` None (the decision combines several tests, no single critical value
+    exists); ``evidence`` holds ``shares`` (reference and window shares of the most changed classes),
+    ``most_changed`` (its class, both shares), ``moved`` (the tests below ``alpha`` after correction),
+    ``chi2``, ``chi2_p_value``, ``cramers_v``, ``dof``, ``n_tests``, ``correction`` and ``n_labelled``.
+
+    Regression: ``statistic`` is the KS ``D``, ``threshold`` its asymptotic critical value; ``evidence``
+    holds both medians, the median shift in reference standard deviations and ``n_labelled``.
+    """
+
+    id: ClassVar[str] = "label_drift"
+    threat: ClassVar[Threat] = Threat.INTEGRITY
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.01,
+        min_labelled: int = 30,
+        task: str = "auto",
+        correction: str = "bonferroni",
+        max_classes: int = 50,
+        top_k: int = 10,
+    ) -> None:
+        self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.min_labelled = check_int("min_labelled", min_labelled, 2)
+        self.task = check_choice("task", task, TASKS)
+        self.correction = check_choice("correction", correction, CORRECTIONS)
+        self.max_classes = check_int("max_classes", max_classes, 1)
+        self.top_k = check_int("top_k", top_k, 1)
+
+        self._task: str | None = None  # the resolved task
+        self._classes: tuple[str, ...] = ()
+        self._counts = np.empty(0, dtype=np.int64)  # per class, then "other"
+        self._values = np.empty(0, dtype=np.float64)  # sorted label values (regression)
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-serialisable)."""
+        return {
+            "alpha": self.alpha,
+            "min_labelled": self.min_labelled,
+            "task": self.task,
+            "correction": self.correction,
+            "max_classes": self.max_classes,
+            "top_k": self.top_k,
+        }
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the detector has been fitted (or loaded) and can evaluate."""
+        return self._task is not None
+
+    @property
+    def resolved_task(self) -> str:
+        """``"classification"`` or ``"regression"``, as decided at ``fit``."""
+        return self._require_fitted()
+
+    def _require_fitted(self) -> str:
+        if self._task is None:
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
+            )
+        return self._task
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, reference: Batch) -> Self:
+        """Learn the reference label mix (or label distribution).
+
+        Parameters
+        ----------
+        reference
+            The reference events; ``labels`` (and ``predictions``, for ``task="auto"``) are used.
+
+        Returns
+        -------
+        LabelDriftDetector
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If the reference has fewer than ``min_labelled`` labelled events, or ``task="regression"`` and
+            a label is not a number.
+        """
+        labels = [label for label in reference.labels if label is not None]
+        if len(labels) < self.min_labelled:
+            raise ValueError(
+                f"{self.id}: the reference has {len(labels)} labelled events, at least "
+                f"min_labelled={self.min_labelled} are needed"
+            )
+        task = self.task if self.task != "auto" else infer_task(reference.labels, reference.predictions)
+        if task == "regression":
+            values = [parse_float(label) for label in labels]
+            if any(v is None for v in values):
+                bad = next(label for label, v in zip(labels, values, strict=True) if v is None)
+                raise ValueError(
+                    f"{self.id}: task='regression' but the reference label {bad!r} is not a number"
+                )
+            self._values = np.sort(np.array(values, dtype=np.float64))
+            self._classes = ()
+            self._counts = np.empty(0, dtype=np.int64)
+        else:
+            counts = Counter(str(label) for label in labels)
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[: self.max_classes]
+            self._classes = tuple(sorted(cls for cls, _ in ranked))
+            self._counts = _label_counts(labels, self._classes)
+            self._values = np.empty(0, dtype=np.float64)
+        self._task = task
+        return self
+
+    # ------------------------------------------------------------------ testing a window
+
+    def evaluate(self, window: Batch) -> DetectionResult:
+        """Test the label mix of the window's labelled events against the reference.
+
+        Parameters
+        ----------
+        window
+            The events of one window; only ``labels`` is used.
+
+        Returns
+        -------
+        DetectionResult
+            See the class docstring.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector has not been fitted or loaded.
+        """
+        task = self._require_fitted()
+        n = len(window)
+        labels = [label for label in window.labels if label is not None]
+        if len(labels) < self.min_labelled:
+            return self.skipped(n, f"too few labelled events: {len(labels)} < {self.min_labelled}")
+        if task == "regression":
+            return self._evaluate_values(n, labels)
+        return self._evaluate_classes(n, labels)
+
+    def _evaluate_classes(self, n: int, labels: Sequence[str]) -> DetectionResult:
+        counts = _label_counts(labels, self._classes)
+        names = [*self._classes, "other"]
+        tests = class_mix_tests(self._counts, counts, names)
+        adjusted = adjust_pvalues([test.p_value for test in tests], self.correction)
+        p_value = float(adjusted.min())
+        reference_shares = self._counts / self._counts.sum()
+        window_shares = counts / counts.sum()
+        order = np.argsort(-np.abs(window_shares - reference_shares), kind="stable")
+        shown = [int(j) for j in order if reference_shares[j] > 0 or window_shares[j] > 0][: self.top_k]
+        most = int(order[0])
+        moved = sorted(
+            (i for i in range(len(tests)) if adjusted[i] < self.alpha), key=lambda i: (tests[i].p_value, i)
+        )
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if p_value < self.alpha else Status.OK,
+            n_events=n,
+            statistic=tests[0].statistic,
+            threshold=None,
+            p_value=p_value,
+            evidence={
+                "shares": {
+                    "reference": {names[j]: plain(reference_shares[j]) for j in shown},
+                    "window": {names[j]: plain(window_shares[j]) for j in shown},
+                },
+                "most_changed": {
+                    "class": names[most],
+                    "reference_share": plain(reference_shares[most]),
+                    "window_share": plain(window_shares[most]),
+                },
+                "moved": [
+                    {
+                        "test": tests[i].test,
+                        "class": tests[i].cls,
+                        "statistic": plain(tests[i].statistic),
+                        "p_value": plain(tests[i].p_value),
+                        "p_adjusted": plain(adjusted[i]),
+                    }
+                    for i in moved
+                ],
+                "chi2": plain(tests[0].statistic),
+                "chi2_p_value": plain(tests[0].p_value),
+                "cramers_v": tests[0].effect["cramers_v"],
+                "dof": tests[0].effect["dof"],
+                "n_tests": len(tests),
+                "correction": self.correction,
+                "n_labelled": len(labels),
+            },
+        )
+
+    def _evaluate_values(self, n: int, labels: Sequence[str]) -> DetectionResult:
+        parsed = [parse_float(label) for label in labels]
+        values = np.array([v for v in parsed if v is not None], dtype=np.float64)
+        if values.size < self.min_labelled:
+            return self.skipped(n, f"too few numeric labels: {values.size} < {self.min_labelled}")
+        d, p = ks_test(self._values, values, (0.0, 2.0 * self.alpha))
+        reference_median = float(np.median(self._values))
+        window_median = float(np.median(values))
+        std = float(self._values.std())
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if p < self.alpha else Status.OK,
+            n_events=n,
+            statistic=d,
+            threshold=ks_critical_value(self.alpha, self._values.size, values.size),
+            p_value=p,
+            evidence={
+                "reference_median": plain(reference_median),
+                "window_median": plain(window_median),
+                "median_shift_sd": plain((window_median - reference_median) / std) if std > 0 else None,
+                "n_labelled": int(values.size),
+                "n_non_numeric": len(labels) - int(values.size),
+            },
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference label mix (or sorted label values).
+
+        Raises
+        ------
+        NotFittedError
+            If there is nothing to save yet.
+        """
+        task = self._require_fitted()
+        return {
+            "version": _STATE_VERSION,
+            "task": task,
+            "max_classes": self.max_classes,
+            "classes": list(self._classes),
+            "counts": self._counts.copy(),
+            "values": self._values.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
+        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
+
+        Raises
+        ------
+        ValueError
+            If the state is malformed, of another version, or does not match this detector's parameters.
+        """
+        try:
+            version = state["version"]
+            task = str(state["task"])
+            max_classes = int(state["max_classes"])
+            classes = tuple(str(cls) for cls in state["classes"])
+            counts = np.asarray(state["counts"], dtype=np.int64)
+            values = np.asarray(state["values"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
+            )
+        if task not in ("classification", "regression") or (self.task != "auto" and task != self.task):
+            raise ValueError(
+                f"{self.id}: the state is for task {task!r}, this detector has task={self.task!r}"
+            )
+        if max_classes != self.max_classes:
+            raise ValueError(
+                f"{self.id}: the state was fitted with max_classes={max_classes}, "
+                f"this detector has max_classes={self.max_classes}"
+            )
+        if task == "classification" and (counts.shape != (len(classes) + 1,) or counts.sum() < 1):
+            raise ValueError(f"{self.id}: malformed state: {len(classes)} classes, counts {counts.shape}")
+        if task == "regression" and values.size < 1:
+            raise ValueError(f"{self.id}: malformed state: no reference label values")
+        self._task = task
+        self._classes = classes
+        self._counts = counts.copy()
+        self._values = values.copy()
+        return self
+
+
+def _label_counts(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Counts per class, then of every other label."""
+    index = {cls: i for i, cls in enumerate(classes)}
+    counts = np.zeros(len(classes) + 1, dtype=np.int64)
+    for label in labels:
+        counts[index.get(str(label), len(classes))] += 1
+    return counts

@@ -1,0 +1,388 @@
+"""Erosion of the model's accuracy (classification) or error (regression) on the labelled events of a window.
+
+Only events with both a prediction and a label count. The predicted class is the prediction's ``"label"``,
+else the class of its highest score; a model is a regression model when its predictions carry a
+``"value"`` and the labels parse as numbers (``task="auto"``). The test only needs the (predicted, label)
+pairs, so the monitor can re-run it on a closed window when late labels arrive.
+
+Classification: the number of errors ``k`` among the ``n`` labelled events of the window is compared with
+the reference's ``e`` errors among ``N`` by Fisher's exact test, one-sided (the window errs more). Under the
+null hypothesis both error rates are equal, and given the total ``k + e`` the window's error count is
+hypergeometric: the p-value ``P(X >= k)`` accounts exactly for the sampling noise of *both* the window and
+the reference, whatever the true error rate. Comparing ``k`` with a binomial at the reference's error rate
+``e / N`` instead treats that estimate as exact, which raises false alarms for small references (see the
+VAE detector's docstring for the same effect); a beta-binomial predictive would account for it too but
+needs a prior on the error rate, which the conditional test does not. Fisher's test is conservative
+(discreteness), which only lowers the false-alarm rate; 10 % of flipped labels in a 200-event window of a
+96 %-accurate digits classifier give p < 1e-6.
+
+Regression: the window's absolute errors are compared with the reference's by the one-sided Mann-Whitney U
+test (window larger), with the normal approximation and tie correction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from scipy import stats
+
+from detectors.base import Batch, DetectionResult, Detector, NotFittedError, Status, Threat
+from detectors.drift._stats import (
+    TASKS,
+    check_choice,
+    check_float,
+    check_int,
+    excess_test,
+    infer_task,
+    parse_float,
+    plain,
+    predicted_class,
+)
+
+__all__ = ["PerformanceDetector"]
+
+_STATE_VERSION = 1
+
+# Separates true and predicted class in the keys of the stored confusion counts (JSON keys are strings).
+_PAIR_SEPARATOR = "\x1f"
+
+
+def _class_pairs(batch: Batch) -> list[tuple[str, str]]:
+    """(true, predicted) for every event with a label and a predicted class."""
+    if len(batch.predictions) != len(batch) or len(batch.labels) != len(batch):
+        return []
+    pairs = []
+    for prediction, label in zip(batch.predictions, batch.labels, strict=True):
+        if label is None:
+            continue
+        predicted = predicted_class(prediction)
+        if predicted is not None:
+            pairs.append((str(label), predicted))
+    return pairs
+
+
+def _absolute_errors(batch: Batch) -> tuple[np.ndarray, int]:
+    """``|value - label|`` for every event with a numeric label and a predicted value; and how many
+    labelled events with a prediction could not be used (non-numeric label or no value)."""
+    if len(batch.predictions) != len(batch) or len(batch.labels) != len(batch):
+        return np.empty(0, dtype=np.float64), 0
+    errors: list[float] = []
+    unusable = 0
+    for prediction, label in zip(batch.predictions, batch.labels, strict=True):
+        if label is None or not prediction:
+            continue
+        truth = parse_float(label)
+        value = parse_float(prediction.get("value"))
+        if truth is None or value is None:
+            unusable += 1
+        else:
+            errors.append(abs(value - truth))
+    return np.array(errors, dtype=np.float64), unusable
+
+
+class PerformanceDetector(Detector):
+    """Flags windows whose labelled events show a lower accuracy (or larger errors) than the reference.
+
+    Parameters
+    ----------
+    alpha
+        False-alarm rate per window, in (0, 0.5).
+    min_labelled
+        Windows with fewer events having both a prediction and a label are skipped (>= 2); ``fit`` needs
+        as many in the reference.
+    task
+        ``"auto"`` (see the module docstring), ``"classification"`` or ``"regression"``.
+    top_k
+        Confusion pairs reported in ``evidence["confusion_growth"]`` (>= 1).
+
+    Notes
+    -----
+    Classification: ``statistic`` is the window's accuracy, ``threshold`` the critical accuracy (the
+    highest accuracy at which a window of this size alerts; None if none does) and ``p_value`` Fisher's
+    one-sided p-value. ``evidence``: ``reference_accuracy``, ``window_accuracy``, ``n_labelled``,
+    ``n_reference``, ``errors``, ``critical_errors`` and ``confusion_growth``: the (true, predicted) pairs
+    whose count grew most over what the reference rate predicts for this window (``true``, ``predicted``,
+    ``count``, ``expected``). Regression: ``statistic`` is the window's median absolute error, ``threshold``
+    None; ``evidence`` holds the median and mean absolute errors of reference and window, ``n_labelled``
+    and the Mann-Whitney ``u``.
+    """
+
+    id: ClassVar[str] = "performance"
+    threat: ClassVar[Threat] = Threat.INTEGRITY
+
+    def __init__(
+        self, *, alpha: float = 0.01, min_labelled: int = 30, task: str = "auto", top_k: int = 5
+    ) -> None:
+        self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.min_labelled = check_int("min_labelled", min_labelled, 2)
+        self.task = check_choice("task", task, TASKS)
+        self.top_k = check_int("top_k", top_k, 1)
+
+        self._task: str | None = None
+        self._n_reference = 0
+        self._errors = 0
+        self._confusion: dict[str, int] = {}  # "true\x1fpredicted" -> count, errors only
+        self._absolute_errors = np.empty(0, dtype=np.float64)  # sorted (regression)
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-serialisable)."""
+        return {
+            "alpha": self.alpha,
+            "min_labelled": self.min_labelled,
+            "task": self.task,
+            "top_k": self.top_k,
+        }
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the detector has been fitted (or loaded) and can evaluate."""
+        return self._task is not None
+
+    @property
+    def resolved_task(self) -> str:
+        """``"classification"`` or ``"regression"``, as decided at ``fit``."""
+        return self._require_fitted()
+
+    @property
+    def reference_accuracy(self) -> float:
+        """Accuracy on the reference's labelled events (classification)."""
+        self._require_fitted()
+        return 1.0 - self._errors / self._n_reference
+
+    def _require_fitted(self) -> str:
+        if self._task is None:
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
+            )
+        return self._task
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, reference: Batch) -> Self:
+        """Measure the reference accuracy (or absolute errors).
+
+        Parameters
+        ----------
+        reference
+            The reference events; ``predictions`` and ``labels`` are used. The reference predictions must
+            come from data the model was not trained on, or its accuracy is optimistic and every window
+            will look worse.
+
+        Returns
+        -------
+        PerformanceDetector
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If fewer than ``min_labelled`` reference events have both a prediction and a label.
+        """
+        task = self.task if self.task != "auto" else infer_task(reference.labels, reference.predictions)
+        if task == "regression":
+            errors, _ = _absolute_errors(reference)
+            n = errors.size
+        else:
+            pairs = _class_pairs(reference)
+            n = len(pairs)
+        if n < self.min_labelled:
+            what = (
+                "a numeric label and a predicted value"
+                if task == "regression"
+                else "a prediction and a label"
+            )
+            raise ValueError(
+                f"{self.id}: the reference has {n} events with {what}, at least "
+                f"min_labelled={self.min_labelled} are needed"
+            )
+        if task == "regression":
+            self._absolute_errors = np.sort(errors)
+            self._errors = 0
+            self._confusion = {}
+        else:
+            confusion = Counter(f"{true}{_PAIR_SEPARATOR}{pred}" for true, pred in pairs if true != pred)
+            self._confusion = dict(sorted(confusion.items()))
+            self._errors = sum(confusion.values())
+            self._absolute_errors = np.empty(0, dtype=np.float64)
+        self._n_reference = n
+        self._task = task
+        return self
+
+    # ------------------------------------------------------------------ testing a window
+
+    def p_value(self, errors: int, n: int) -> float:
+        """Fisher's one-sided p-value of ``errors`` errors among ``n`` labelled window events."""
+        self._require_fitted()
+        return excess_test(errors, n, self._errors, self._n_reference)
+
+    def critical_errors(self, n: int) -> int | None:
+        """Fewest errors among ``n`` labelled events that make the window alert (None: no count does).
+
+        The p-value decreases as the error count grows, so the count is found by bisection.
+        """
+        self._require_fitted()
+        if self.p_value(n, n) >= self.alpha:
+            return None
+        low, high = 0, n  # p(low) >= alpha (p(0) = 1), p(high) < alpha
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.p_value(middle, n) < self.alpha:
+                high = middle
+            else:
+                low = middle
+        return high
+
+    def evaluate(self, window: Batch) -> DetectionResult:
+        """Test whether the window's labelled events are predicted worse than the reference's.
+
+        Parameters
+        ----------
+        window
+            The events of one window; ``predictions`` and ``labels`` are used (``features`` may be empty).
+
+        Returns
+        -------
+        DetectionResult
+            See the class docstring.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector has not been fitted or loaded.
+        """
+        task = self._require_fitted()
+        if task == "regression":
+            return self._evaluate_regression(window)
+        return self._evaluate_classification(window)
+
+    def _evaluate_classification(self, window: Batch) -> DetectionResult:
+        n_events = len(window)
+        pairs = _class_pairs(window)
+        n = len(pairs)
+        if n < self.min_labelled:
+            return self.skipped(n_events, f"too few labelled events: {n} < {self.min_labelled}")
+        confusion = Counter((true, pred) for true, pred in pairs if true != pred)
+        errors = sum(confusion.values())
+        p = self.p_value(errors, n)
+        critical = self.critical_errors(n)
+        growth = []
+        for (true, pred), count in confusion.items():
+            expected = n * self._confusion.get(f"{true}{_PAIR_SEPARATOR}{pred}", 0) / self._n_reference
+            growth.append((count - expected, true, pred, count, expected))
+        growth.sort(key=lambda item: (-item[0], item[1], item[2]))
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if p < self.alpha else Status.OK,
+            n_events=n_events,
+            statistic=(n - errors) / n,
+            threshold=None if critical is None else (n - critical) / n,
+            p_value=p,
+            evidence={
+                "reference_accuracy": plain(self.reference_accuracy),
+                "window_accuracy": plain((n - errors) / n),
+                "n_labelled": n,
+                "n_reference": self._n_reference,
+                "errors": errors,
+                "critical_errors": critical,
+                "confusion_growth": [
+                    {"true": true, "predicted": pred, "count": count, "expected": plain(expected)}
+                    for diff, true, pred, count, expected in growth[: self.top_k]
+                    if diff > 0
+                ],
+            },
+        )
+
+    def _evaluate_regression(self, window: Batch) -> DetectionResult:
+        n_events = len(window)
+        errors, unusable = _absolute_errors(window)
+        if errors.size < self.min_labelled:
+            return self.skipped(n_events, f"too few labelled events: {errors.size} < {self.min_labelled}")
+        result = stats.mannwhitneyu(
+            errors, self._absolute_errors, alternative="greater", method="asymptotic", use_continuity=True
+        )
+        p = float(result.pvalue)
+        median = float(np.median(errors))
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if p < self.alpha else Status.OK,
+            n_events=n_events,
+            statistic=median,
+            threshold=None,
+            p_value=p,
+            evidence={
+                "reference_median_error": plain(np.median(self._absolute_errors)),
+                "window_median_error": plain(median),
+                "reference_mean_error": plain(np.mean(self._absolute_errors)),
+                "window_mean_error": plain(np.mean(errors)),
+                "n_labelled": int(errors.size),
+                "n_reference": int(self._absolute_errors.size),
+                "n_unusable": unusable,
+                "u": plain(result.statistic),
+            },
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Reference error counts and confusion pairs (or sorted absolute errors).
+
+        Raises
+        ------
+        NotFittedError
+            If there is nothing to save yet.
+        """
+        task = self._require_fitted()
+        return {
+            "version": _STATE_VERSION,
+            "task": task,
+            "n_reference": self._n_reference,
+            "errors": self._errors,
+            "confusion": dict(self._confusion),
+            "absolute_errors": self._absolute_errors.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
+        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
+
+        Raises
+        ------
+        ValueError
+            If the state is malformed, of another version, or for another task than this detector's.
+        """
+        try:
+            version = state["version"]
+            task = str(state["task"])
+            n_reference = int(state["n_reference"])
+            errors = int(state["errors"])
+            confusion = {str(key): int(count) for key, count in dict(state["confusion"]).items()}
+            absolute_errors = np.asarray(state["absolute_errors"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
+            )
+        if task not in ("classification", "regression") or (self.task != "auto" and task != self.task):
+            raise ValueError(
+                f"{self.id}: the state is for task {task!r}, this detector has task={self.task!r}"
+            )
+        consistent = (
+            absolute_errors.size == n_reference
+            if task == "regression"
+            else 0 <= errors <= n_reference and sum(confusion.values()) == errors
+        )
+        if n_reference < 1 or not consistent:
+            raise ValueError(f"{self.id}: malformed state: inconsistent reference counts")
+        self._task = task
+        self._n_reference = n_reference
+        self._errors = errors
+        self._confusion = confusion
+        self._absolute_errors = absolute_errors.copy()
+        return self
