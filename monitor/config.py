@@ -168,6 +168,15 @@ class ModelSettings(_Strict):
             return 0.0
         return parse_duration(value)
 
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _on_top_of_defaults(cls, value: Any) -> Any:
+        # Every default detector is on unless switched off with `false`: naming one detector to tune it must
+        # not silently switch the others off.
+        if isinstance(value, dict):
+            return {**_default_detectors(), **value}
+        return value
+
     @field_validator("detectors")
     @classmethod
     def _detectors_exist(
@@ -205,6 +214,8 @@ class ModelSettings(_Strict):
 class LogSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
+
+
 
 
 class AppConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def windowed_traffic(
             spacing=(window - 0.1) / per_window,
             id_prefix=f"{prefix}{index}-",
             corrupt=corrupt,
-            seed=index,
+            seed=zlib.crc32(f"{prefix}{index}".encode()),
         )
     return events
 

@@ -128,3 +128,14 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_naming_one_detector_keeps_the_others_on(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n  m1:\n    detectors:\n      vae_anomaly: {quantile: 0.995}\n      performance: false\n",
+    )
+    settings = load_config(path, environ={}).model_settings("m1")
+    assert "feature_drift" in settings.enabled_detectors
+    assert "performance" not in settings.enabled_detectors
+    assert settings.detectors["vae_anomaly"] == {"quantile": 0.995}
