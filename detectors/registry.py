@@ -9,6 +9,7 @@ from typing import Any
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Detector
 from detectors.drift import FeatureDriftDetector, LabelDriftDetector, OutputDriftDetector, PerformanceDetector
+from detectors.drift.latent import LatentDriftDetector
 
 __all__ = ["DETECTORS", "create_detector"]
 
@@ -17,6 +18,7 @@ DETECTORS: Mapping[str, type[Detector]] = MappingProxyType(
         cls.id: cls
         for cls in (
             VAEAnomalyDetector,
+            LatentDriftDetector,
             FeatureDriftDetector,
             OutputDriftDetector,
             LabelDriftDetector,
