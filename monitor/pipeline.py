@@ -79,7 +79,11 @@ class ModelRuntime:
     windows: dict[float, Window] = field(default_factory=dict)
     closing: list[Window] = field(default_factory=list)
     closed_until: float | None = None  # end of the newest window closed; earlier events are late
-    watermark: float = float("-inf")  # newest event time seen
+    # Event-time progress: the newest event time per partition, and their minimum. One model's events may
+    # come from several partitions read at different speeds; the slowest one says how far event time has
+    # surely got, so a fast partition cannot close a window whose events are still coming on another.
+    partition_marks: dict[TopicPartition, float] = field(default_factory=dict)
+    watermark: float = float("-inf")
     warmup: list[PredictionEvent] = field(default_factory=list)
     warmup_ids: set[str] = field(default_factory=set)
     warmup_offsets: OffsetFloor = field(default_factory=OffsetFloor)
@@ -194,7 +198,10 @@ class Pipeline:
                     event.model, start, start + length, settings.max_window_sample
                 )
             target.add(event, late=late, position=position)
-            runtime.watermark = max(runtime.watermark, event.timestamp)
+            mark = runtime.partition_marks.get(position.tp, float("-inf"))
+            if event.timestamp > mark:
+                runtime.partition_marks[position.tp] = event.timestamp
+                runtime.watermark = min(runtime.partition_marks.values())
             self.counters["accepted"] += 1
 
     def _collect_reference(self, runtime: ModelRuntime, event: PredictionEvent, position: Position) -> None:
@@ -334,6 +341,8 @@ class Pipeline:
         with self._lock:
             for runtime in self._models.values():
                 runtime.windows.clear()
+                # Partitions we gave up would hold event time back for good; the re-read rebuilds the marks.
+                runtime.partition_marks.clear()
                 if runtime.reference_id is None:
                     runtime.warmup.clear()
                     runtime.warmup_ids.clear()

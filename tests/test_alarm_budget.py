@@ -66,7 +66,8 @@ def test_two_of_three_failing_windows_alert(pipeline: Pipeline) -> None:
     state = runtime(2, 3)
     outcomes = [pipeline._persist(state, result(s)) for s in
                 (Status.ALERT, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.ALERT)]
-    assert [o.status for o in outcomes] == [Status.OK, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.OK]
+    expected = [Status.OK, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.OK]
+    assert [o.status for o in outcomes] == expected
     first = outcomes[0]
     assert first.evidence["raw_status"] == "alert"
     assert first.evidence["persistence"] == "1 of the last 1 windows failed; alerts at 2 of 3"

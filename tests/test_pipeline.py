@@ -222,7 +222,12 @@ def test_offsets_are_held_back_until_the_window_is_stored(tmp_path: Path) -> Non
     pipeline.flush()  # the dead letter is stored; partition 1 is still held by the first window
     assert pipeline.safe_offsets() == {("t", 0): 0, ("t", 1): 0}
     ingest_all(pipeline, second[10:], partition=0, first=30)
-    pipeline.close_due()  # closes the first window only
+    # Partition 0 is far into the second window, but partition 1 has shown nothing past the first: event
+    # time has not surely passed the first window's end, so it stays open (live, the wall clock closes it).
+    assert pipeline.close_due() == []
+    ingest_all(pipeline, [{**second[-1], "event_id": "q1-p1"}], partition=1, first=21)
+    [closed] = pipeline.close_due()  # now both partitions are past it: the first window closes, alone
+    assert closed.stored.n_events == 40
     assert pipeline.safe_offsets() == {("t", 0): 20, ("t", 1): 21}
 
 
