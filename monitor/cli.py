@@ -46,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--config", type=Path)
     alerts.add_argument("--db", help="database URL (overrides the configuration)")
     alerts.add_argument("--model")
-    alerts.add_argument("--since", help="RFC 3339 time")
+    alerts.add_argument("--detector")
+    alerts.add_argument("--state", choices=["firing", "resolved"])
+    alerts.add_argument("--severity", help="info, warning or critical; several separated by commas")
+    alerts.add_argument("--since", help="RFC 3339 time, or a duration back from now such as 2h or 1d")
     alerts.add_argument("--limit", type=int, default=50)
-    alerts.add_argument("--json", action="store_true")
+    alerts.add_argument("--json", action="store_true", help="the alerts in the contract's JSON shape")
 
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     mig.add_argument("--config", type=Path)
@@ -172,24 +175,60 @@ def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
 
 
 def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+    """``sentinel alerts``: the alert history, newest first, as a table or as JSON."""
+    from datetime import UTC, datetime, timedelta
 
-    store = Store(make_engine(config.database_url))
-    since = datetime.fromisoformat(args.since) if args.since else None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)  # times are UTC in and out
-    rows = store.alerts(model=args.model, since=since, limit=args.limit)
+    from monitor.alerting import alert_document
+    from monitor.config import parse_duration
+    from storage import AlertStore
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            try:
+                since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+            except ValueError:
+                problem = f"--since {args.since!r} is not an RFC 3339 time or a duration"
+                print(f"sentinel: {problem}", file=sys.stderr)
+                return 2
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # times are UTC in and out
+    severities = [s.strip() for s in args.severity.split(",") if s.strip()] if args.severity else None
+    bad = [s for s in severities or [] if s not in ("info", "warning", "critical")]
+    if bad:
+        print(f"sentinel: unknown severity {bad[0]!r}; use info, warning or critical", file=sys.stderr)
+        return 2
+    if args.limit < 1:
+        print("sentinel: --limit must be at least 1", file=sys.stderr)
+        return 2
+    engine = make_engine(config.database_url)
+    try:
+        rows = AlertStore(engine).list_alerts(
+            model=args.model,
+            detector=args.detector,
+            state=args.state,
+            severities=severities,
+            since=since,
+            limit=args.limit,
+        )
+    finally:
+        engine.dispose()
     if args.json:
-        print(json.dumps([row.as_dict() for row in rows], default=str, indent=2))
+        print(json.dumps([alert_document(row) for row in rows], indent=2))
         return 0
     if not rows:
         print("no alerts")
         return 0
-    print(f"{'last seen':<20} {'state':<9} {'severity':<9} {'model':<20} {'detector':<18} title")
+    print(
+        f"{'id':>6}  {'last seen (UTC)':<19}  {'state':<8}  {'severity':<8}  {'count':>5}  "
+        f"{'model':<20}  {'detector':<18}  title"
+    )
     for row in rows:
         print(
-            f"{row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<9} {row.severity:<9} {row.model:<20} "
-            f"{row.detector:<18} {row.title}"
+            f"{row.id:>6}  {row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<8}  {row.severity:<8}  "
+            f"{row.count:>5}  {row.model:<20}  {row.detector:<18}  {row.title}"
         )
     return 0
 

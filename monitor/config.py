@@ -216,6 +216,8 @@ class LogSettings(_Strict):
     json_lines: bool = False
 
 
+# Here, not at the top: the alerting settings subclass _Strict and use Duration, defined above.
+from monitor.alerting.settings import AlertingSettings  # noqa: E402
 
 
 class AppConfig(_Strict):
@@ -231,6 +233,7 @@ class AppConfig(_Strict):
     close_on_wall_clock: bool = True
     db_retry_initial: Duration = 0.5
     db_retry_max: Duration = 30.0
+    alerting: AlertingSettings = AlertingSettings()
 
     @model_validator(mode="before")
     @classmethod

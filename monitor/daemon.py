@@ -1,8 +1,12 @@
 """The daemon: config -> database -> pipeline -> consumer thread + scheduler, with a clean stop.
 
 Run states follow APScheduler/faust: SIGTERM and SIGINT only signal; the stop sequence then stops
-consuming, closes the windows that are due, stores them, commits and exits 0. A crash logs "crashed" and
-exits non-zero.
+consuming, closes the windows that are due, stores them, commits, turns the last results into alerts, lets
+the delivery worker finish the delivery in flight and exits 0. A crash logs "crashed" and exits non-zero.
+
+Alerting: the alert engine runs as a scheduler job on every tick (it reads the stored results, so it needs
+nothing from the pipeline's memory); the delivery worker sends the outbox on its own thread. Deliveries still
+pending at a stop or a crash are sent after the restart.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from monitor.alerting import AlertEngine, DeliveryWorker
 from monitor.config import AppConfig
 from monitor.consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
-from storage import StorageUnavailable, Store, make_engine, migrate
+from storage import AlertStore, StorageUnavailable, Store, SubscriptionIn, make_engine, migrate
 
 log = logging.getLogger("sentinel.daemon")
 
@@ -66,6 +72,10 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self._tick_backoff = Backoff(config.db_retry_initial, config.db_retry_max)
         self._tick_not_before = 0.0
+        self.alert_engine: AlertEngine | None = None
+        self.delivery: DeliveryWorker | None = None
+        self._alerts_backoff = Backoff(config.db_retry_initial, config.db_retry_max)
+        self._alerts_not_before = 0.0
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
@@ -87,6 +97,7 @@ class Daemon:
             pipeline = Pipeline(self.config, store, on_window=self.on_window)
             self.pipeline = pipeline
             self._prepare(pipeline)
+            self._prepare_alerting(store)
             self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
             self.scheduler = BackgroundScheduler(timezone="UTC")
             self.scheduler.add_job(
@@ -97,7 +108,18 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
+            if self.alert_engine is not None:
+                self.scheduler.add_job(
+                    self._alert_tick,
+                    "interval",
+                    seconds=self.config.tick_interval,
+                    id="alerts",
+                    max_instances=1,
+                    coalesce=True,
+                )
             self.scheduler.start()
+            if self.delivery is not None:
+                self.delivery.start()
             self.intake.start()
             self.state = RunState.RUNNING
             log.info("running")
@@ -110,12 +132,15 @@ class Daemon:
             self.intake.join()
             if self.intake.error is not None:
                 raise RuntimeError("intake failed while stopping") from self.intake.error
+            self._final_alerts()
             self.state = RunState.STOPPED
             log.info("stopped")
             return 0
         except Exception:
             self.state = RunState.CRASHED
             log.exception("crashed")
+            if self.delivery is not None:
+                self.delivery.stop(timeout=5.0)
             return 1
 
     def _prepare(self, pipeline: Pipeline) -> None:
@@ -128,6 +153,79 @@ class Daemon:
                 delay = backoff.next()
                 log.warning("database unavailable while loading models (%s); retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
+
+    def _prepare_alerting(self, store: Store) -> None:
+        """Sync the configured subscriptions into the database; build the alert engine and delivery worker."""
+        settings = self.config.alerting
+        if not settings.enabled:
+            log.info("alerting is disabled (alerting.enabled: false)")
+            return
+        alert_store = AlertStore(store.engine)
+        wanted = [
+            SubscriptionIn(
+                name=s.name,
+                url=s.url,
+                secret=s.secret.get_secret_value() if s.secret is not None else None,
+                format=s.format,
+                models=tuple(s.models),
+                detectors=tuple(s.detectors),
+                threats=tuple(s.threats),
+                min_severity=s.min_severity,
+            )
+            for s in settings.subscriptions
+        ]
+        backoff = Backoff(self.config.db_retry_initial, self.config.db_retry_max)
+        while not self._stop.is_set():
+            try:
+                active = alert_store.sync_config_subscriptions(wanted, datetime.now(UTC))
+                break
+            except StorageUnavailable as exc:
+                delay = backoff.next()
+                log.warning(
+                    "database unavailable while syncing subscriptions (%s); retrying in %.1f s", exc, delay
+                )
+                self._stop.wait(delay)
+        else:
+            return
+        log.info(
+            "alerting: %d webhook subscription(s)%s",
+            len(active),
+            f", Kafka topic {settings.kafka_topic}" if settings.kafka_topic else "",
+        )
+        self.alert_engine = AlertEngine(alert_store, settings)
+        self.delivery = DeliveryWorker(alert_store, settings.delivery, kafka=self.config.kafka)
+
+    def _alert_tick(self) -> None:
+        """Scheduler job: turn new results into alerts and enqueue the notifications that are due."""
+        assert self.alert_engine is not None
+        if time.monotonic() < self._alerts_not_before:
+            return
+        try:
+            report = self.alert_engine.run_once()
+            self._alerts_backoff.reset()
+        except StorageUnavailable as exc:
+            delay = self._alerts_backoff.next()
+            self._alerts_not_before = time.monotonic() + delay
+            log.warning("database unavailable (%s); alert evaluation retries in %.1f s", exc, delay)
+            return
+        if report.processed or report.notifications:
+            log.debug(
+                "alerts: %d results, %d opened, %d resolved, %d notifications",
+                report.processed,
+                report.opened,
+                report.resolved,
+                report.notifications,
+            )
+
+    def _final_alerts(self) -> None:
+        """At stop: alerts for the windows stored by the final close, then let the worker finish its send."""
+        if self.alert_engine is not None:
+            try:
+                self.alert_engine.run_once()
+            except StorageUnavailable as exc:
+                log.warning("could not evaluate alerts at stop (%s); they are evaluated on restart", exc)
+        if self.delivery is not None:
+            self.delivery.stop(timeout=max(30.0, self.config.alerting.delivery.timeout * 2))
 
     def _tick(self) -> None:
         """Scheduler job: fit what needs fitting, close and store the windows that are due."""

@@ -11,6 +11,22 @@ Every :class:`Store` method is one transaction and raises :class:`StorageError` 
 imports ``monitor`` or ``detectors``.
 """
 
+from storage.alerting import (
+    AlertState,
+    AlertStore,
+    AlertWork,
+    AttemptIn,
+    AttemptRecord,
+    DeliveryIn,
+    DeliveryJob,
+    DeliveryRecord,
+    NotificationLogEntry,
+    ResultEvent,
+    SilenceIn,
+    SilenceRecord,
+    SubscriptionIn,
+    SubscriptionRecord,
+)
 from storage.engine import make_engine
 from storage.errors import StorageError, StorageUnavailable, is_unavailable
 from storage.migrate import migrate
@@ -32,17 +48,31 @@ from storage.store import Store
 
 __all__ = [
     "AlertRecord",
+    "AlertState",
+    "AlertStore",
+    "AlertWork",
     "AnomalyRecord",
     "AnomalyRow",
+    "AttemptIn",
+    "AttemptRecord",
     "DeadLetter",
     "DeadLetterIn",
+    "DeliveryIn",
+    "DeliveryJob",
+    "DeliveryRecord",
     "EventRow",
+    "NotificationLogEntry",
     "ReferenceRecord",
+    "ResultEvent",
     "ResultRow",
+    "SilenceIn",
+    "SilenceRecord",
     "StorageError",
     "StorageUnavailable",
     "Store",
     "StoredWindow",
+    "SubscriptionIn",
+    "SubscriptionRecord",
     "WindowRecord",
     "WindowResultRecord",
     "WindowSummary",

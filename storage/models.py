@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -42,14 +43,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "NAMING_CONVENTION",
     "Alert",
+    "AlertCursor",
     "Anomaly",
     "Base",
+    "Counter",
     "DeadLetter",
+    "Delivery",
+    "DeliveryAttempt",
     "DetectorState",
     "Event",
     "MonitoredModel",
     "PendingLabel",
     "Reference",
+    "Silence",
+    "Subscription",
     "UTCDateTime",
     "Window",
     "WindowResult",
@@ -221,6 +228,10 @@ class WindowResult(Base):
     window_end: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Position in the commit order of result writes (taken from the ``counters`` row as the writing
+    # transaction's last statement, so revisions become visible in increasing order even with concurrent
+    # writers). The alert engine reads results past its cursor by this. 0: written before alerting existed.
+    revision: Mapped[int] = mapped_column(BigInteger, server_default="0", index=True)
 
 
 class Event(Base):
@@ -271,12 +282,25 @@ class Anomaly(Base):
 
 
 class Alert(Base):
-    """An alert in the contract's shape; one row per fingerprint episode (lifecycle comes later)."""
+    """An alert in the contract's shape; one row per fingerprint episode (firing until resolved).
+
+    ``subject``, ``clean_streak`` and ``streak_window`` are the lifecycle's own state: the subject in the
+    fingerprint, how many consecutive clean windows were seen since the condition was last observed, and the
+    start of the newest window counted (alert or clean), so that a window re-evaluated later is not counted
+    twice. At most one alert per fingerprint is firing (a partial unique index).
+    """
 
     __tablename__ = "alerts"
     __table_args__ = (
         Index(None, "model", "last_seen"),
         Index(None, "state"),
+        Index(
+            "uq_alerts_fingerprint_firing",
+            "fingerprint",
+            unique=True,
+            sqlite_where=text("state = 'firing'"),
+            postgresql_where=text("state = 'firing'"),
+        ),
         CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity"),
         CheckConstraint("state IN ('firing', 'resolved')", name="state"),
     )
@@ -300,6 +324,9 @@ class Alert(Base):
     last_seen: Mapped[datetime]
     count: Mapped[int] = mapped_column(Integer)
     resolved_at: Mapped[datetime | None]
+    subject: Mapped[str] = mapped_column(Text, server_default="")
+    clean_streak: Mapped[int] = mapped_column(Integer, server_default="0")
+    streak_window: Mapped[datetime | None]
 
 
 class DeadLetter(Base):
@@ -319,3 +346,138 @@ class DeadLetter(Base):
     truncated: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str]
     model: Mapped[str | None] = mapped_column(String(MODEL_NAME_LENGTH))
+
+
+class Counter(Base):
+    """A named counter; ``window_results`` hands out result revisions (see ``WindowResult.revision``)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class AlertCursor(Base):
+    """How far the alert engine has read the results: the highest ``window_results.revision`` processed."""
+
+    __tablename__ = "alert_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class Subscription(Base):
+    """A webhook subscription with its filters (empty list = any). Deleted ones stay for the history."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        Index(
+            "uq_subscriptions_name_active",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        CheckConstraint("format IN ('native', 'slack', 'alertmanager')", name="format"),
+        CheckConstraint("source IN ('config', 'api')", name="source"),
+        CheckConstraint("min_severity IN ('info', 'warning', 'critical')", name="min_severity"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str]
+    secret: Mapped[str | None]
+    format: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list[str]] = mapped_column(JSONType)
+    detectors: Mapped[list[str]] = mapped_column(JSONType)
+    threats: Mapped[list[str]] = mapped_column(JSONType)
+    min_severity: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+
+class Silence(Base):
+    """Mutes the notifications of matching alerts between ``starts_at`` and ``ends_at``."""
+
+    __tablename__ = "silences"
+    __table_args__ = (
+        Index(None, "ends_at"),
+        CheckConstraint(
+            "fingerprint IS NOT NULL OR model IS NOT NULL OR detector IS NOT NULL", name="matcher"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    model: Mapped[str | None] = mapped_column(String(MODEL_NAME_LENGTH))
+    detector: Mapped[str | None] = mapped_column(String(DETECTOR_NAME_LENGTH))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    comment: Mapped[str]
+    created_by: Mapped[str | None]
+    created_at: Mapped[datetime]
+
+
+class Delivery(Base):
+    """One notification of one alert to one target (a webhook subscription or the Kafka alerts topic).
+
+    The outbox: written in the transaction that changed the alert, sent later by a delivery worker.
+    ``body`` is the exact bytes sent (and signed) on every attempt; ``uuid`` is the delivery id a receiver
+    sees on every attempt. ``target`` names the subscription or topic, for per-target ordering.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("uuid"),
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "alert_id", "target", "id"),
+        CheckConstraint("channel IN ('webhook', 'kafka')", name="channel"),
+        CheckConstraint("status IN ('firing', 'resolved')", name="status"),
+        CheckConstraint("reason IN ('firing', 'escalated', 'repeat', 'resolved')", name="reason"),
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity"),
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36))
+    alert_id: Mapped[int] = mapped_column(Id, ForeignKey("alerts.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int | None] = mapped_column(Id, ForeignKey("subscriptions.id"))
+    topic: Mapped[str | None] = mapped_column(String(255))
+    target: Mapped[str] = mapped_column(String(300))
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None]
+
+
+class DeliveryAttempt(Base):
+    """One try at sending a delivery, successful or not."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        Index(None, "delivery_id"),
+        CheckConstraint("outcome IN ('delivered', 'retry', 'failed')", name="outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(Id, ForeignKey("deliveries.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[float]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None]
+    outcome: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(128))

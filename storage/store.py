@@ -76,6 +76,10 @@ EVENTS = cast(Table, orm.Event.__table__)
 PENDING = cast(Table, orm.PendingLabel.__table__)
 ANOMALIES = cast(Table, orm.Anomaly.__table__)
 DEAD_LETTERS = cast(Table, orm.DeadLetter.__table__)
+COUNTERS = cast(Table, orm.Counter.__table__)
+
+# The ``counters`` row that hands out ``window_results.revision`` (read by the alert engine).
+RESULT_REVISIONS = "window_results"
 
 Upsert = postgresql.Insert | sqlite.Insert
 
@@ -421,6 +425,8 @@ class Store:
                 )
                 .values(last_window_end=record.end)
             )
+            # Last: the counter row stays locked until commit (see _stamp_revisions).
+            _stamp_revisions(session, window_id, [r["detector"] for r in results])
             return StoredWindow(
                 id=window_id,
                 model=record.model,
@@ -550,6 +556,7 @@ class Store:
                 ),
                 [row],
             )
+            _stamp_revisions(session, window_id, [values["detector"]])
 
     # ------------------------------------------------------------------ history queries
 
@@ -720,6 +727,34 @@ def _check_limit(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     return int(limit)
+
+
+def _stamp_revisions(session: Session, window_id: int, detectors: Sequence[str]) -> None:
+    """Give the window's just-written results of ``detectors`` the next revisions, in that order.
+
+    Call it as the transaction's last write. Taking the revisions increments the ``counters`` row, which
+    stays locked until commit, so a concurrent writer gets its revisions only after this transaction is
+    committed: revisions become visible in increasing order, and a reader that sees revision r sees every
+    revision below it. That is what lets the alert engine follow results with a plain cursor.
+    """
+    if not detectors:
+        return
+    n = len(detectors)
+    values = {"name": RESULT_REVISIONS, "value": n}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    stmt = postgresql.insert(COUNTERS) if postgres else sqlite.insert(COUNTERS)
+    last = session.execute(
+        stmt.values(values)
+        .on_conflict_do_update(index_elements=[COUNTERS.c.name], set_={"value": COUNTERS.c.value + n})
+        .returning(COUNTERS.c.value)
+    ).scalar_one()
+    first = int(last) - n + 1
+    session.execute(
+        update(RESULTS)
+        .where(RESULTS.c.window_id == bindparam("w_id"), RESULTS.c.detector == bindparam("det"))
+        .values(revision=bindparam("rev")),
+        [{"w_id": window_id, "det": d, "rev": first + i} for i, d in enumerate(detectors)],
+    )
 
 
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str]]:
