@@ -32,5 +32,11 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -ra -m slow
 
+bench-detection: $(STAMP)
+	$(BIN)/python -m bench.detection_quality
+
+bench-perf: $(STAMP)
+	$(BIN)/python -m bench.perf_drift --ablation
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
