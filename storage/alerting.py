@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, and_, delete, func, insert, literal, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Table, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import models as orm
-from storage.engine import SQLITE_WRITE_OPTION
-from storage.errors import StorageError, translate
+from storage.errors import StorageError
 from storage.records import AlertRecord, require_aware
+from storage.session import EngineBound, check_limit, check_name
 
 __all__ = [
     "ALERT_STATES",
@@ -270,7 +270,7 @@ class SubscriptionIn:
     min_severity: str = "info"
 
     def __post_init__(self) -> None:
-        _check_text(self.name, "name", 128)
+        check_name(self.name, "name", 128)
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ValueError("url must be an http:// or https:// URL")
         _one_of(self.format, FORMATS, "format")
@@ -370,7 +370,7 @@ class AlertWork:
             select(RESULTS)
             .where(RESULTS.c.revision > self._advanced_to)
             .order_by(RESULTS.c.revision)
-            .limit(_check_limit(limit))
+            .limit(check_limit(limit))
         )
         return [
             ResultEvent(
@@ -510,32 +510,8 @@ class AlertWork:
 # --------------------------------------------------------------------------- the store
 
 
-class AlertStore:
+class AlertStore(EngineBound):
     """Alerting state on one engine (the schema must be migrated); thread-safe like :class:`storage.Store`."""
-
-    def __init__(self, engine: Engine) -> None:
-        """Wrap ``engine`` (SQLite or PostgreSQL)."""
-        if engine.dialect.name not in ("sqlite", "postgresql"):
-            raise StorageError(f"unsupported database backend {engine.dialect.name!r}")
-        self._engine = engine
-
-    @property
-    def engine(self) -> Engine:
-        """The engine this store runs on."""
-        return self._engine
-
-    @contextmanager
-    def _transaction(self, action: str, *, write: bool = False) -> Iterator[Session]:
-        """One transaction on one connection; SQLAlchemy errors leave as StorageError."""
-        try:
-            with self._engine.connect() as conn:
-                if write:
-                    # SQLite: BEGIN IMMEDIATE (see storage.engine); ignored elsewhere.
-                    conn.execution_options(**{SQLITE_WRITE_OPTION: True})
-                with Session(bind=conn, autoflush=False, expire_on_commit=False) as session, session.begin():
-                    yield session
-        except SQLAlchemyError as exc:
-            raise translate(exc, action) from exc
 
     # ------------------------------------------------------------------ the engine
 
@@ -629,7 +605,7 @@ class AlertStore:
     ) -> list[AlertRecord]:
         """Alerts, most recently seen first; ``since <= last_seen < until``; ``before_id`` pages by id."""
         a = orm.Alert
-        stmt = select(a).order_by(a.last_seen.desc(), a.id.desc()).limit(_check_limit(limit))
+        stmt = select(a).order_by(a.last_seen.desc(), a.id.desc()).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(a.model == model)
         if detector is not None:
@@ -687,7 +663,7 @@ class AlertStore:
                 ~blocked,
             )
             .order_by(DELIVERIES.c.id)
-            .limit(_check_limit(limit))
+            .limit(check_limit(limit))
             .with_for_update(skip_locked=True, of=DELIVERIES)
         )
         with self._transaction("claiming deliveries", write=True) as session:
@@ -841,7 +817,7 @@ class AlertStore:
         self, *, alert_id: int | None = None, state: str | None = None, limit: int = 1000
     ) -> list[DeliveryRecord]:
         """Deliveries, oldest first, optionally of one alert and/or in one state."""
-        stmt = select(DELIVERIES).order_by(DELIVERIES.c.id).limit(_check_limit(limit))
+        stmt = select(DELIVERIES).order_by(DELIVERIES.c.id).limit(check_limit(limit))
         if alert_id is not None:
             stmt = stmt.where(DELIVERIES.c.alert_id == alert_id)
         if state is not None:
@@ -1053,19 +1029,6 @@ class AlertStore:
 def _one_of(value: str, allowed: Sequence[str], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(allowed)} (got {value!r})")
-
-
-def _check_text(value: str, what: str, max_length: int) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > max_length:
-        raise ValueError(f"{what} is longer than {max_length} characters")
-
-
-def _check_limit(limit: int) -> int:
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    return int(limit)
 
 
 def _replace_id(alert: AlertState, new_id: int) -> AlertState:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from datetime import date, datetime
 from enum import Enum
 from typing import Any, cast
@@ -36,12 +35,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from storage import models as orm
-from storage.engine import SQLITE_WRITE_OPTION
-from storage.errors import StorageError, translate
+from storage.errors import StorageError
 from storage.records import (
     AlertRecord,
     AnomalyRecord,
@@ -56,6 +53,7 @@ from storage.records import (
     WindowSummary,
     require_aware,
 )
+from storage.session import EngineBound, check_limit, check_name
 
 __all__ = ["DEFAULT_MAX_DEAD_LETTER_BYTES", "IN_CHUNK", "Store"]
 
@@ -84,7 +82,7 @@ RESULT_REVISIONS = "window_results"
 Upsert = postgresql.Insert | sqlite.Insert
 
 
-class Store:
+class Store(EngineBound):
     """Sentinel's persistent state on one engine (see :func:`storage.make_engine`).
 
     The schema must exist (:func:`storage.migrate`). Thread-safe: each call uses its own
@@ -93,32 +91,12 @@ class Store:
 
     def __init__(self, engine: Engine, *, max_dead_letter_bytes: int = DEFAULT_MAX_DEAD_LETTER_BYTES) -> None:
         """Wrap ``engine``; dead-letter payloads longer than ``max_dead_letter_bytes`` are cut."""
-        if engine.dialect.name not in ("sqlite", "postgresql"):
-            raise StorageError(f"unsupported database backend {engine.dialect.name!r}")
+        super().__init__(engine)
         if max_dead_letter_bytes < 0:
             raise ValueError("max_dead_letter_bytes must be >= 0")
-        self._engine = engine
         self._max_dead_letter_bytes = max_dead_letter_bytes
 
-    @property
-    def engine(self) -> Engine:
-        """The engine this store runs on."""
-        return self._engine
-
     # ------------------------------------------------------------------ plumbing
-
-    @contextmanager
-    def _transaction(self, action: str, *, write: bool = False) -> Iterator[Session]:
-        """One transaction on one connection; SQLAlchemy errors leave as StorageError."""
-        try:
-            with self._engine.connect() as conn:
-                if write:
-                    # SQLite: BEGIN IMMEDIATE (see storage.engine); ignored elsewhere.
-                    conn.execution_options(**{SQLITE_WRITE_OPTION: True})
-                with Session(bind=conn, autoflush=False, expire_on_commit=False) as session, session.begin():
-                    yield session
-        except SQLAlchemyError as exc:
-            raise translate(exc, action) from exc
 
     def _upsert(self, session: Session, table: Table) -> Upsert:
         """The dialect's INSERT, which has ``on_conflict_do_nothing``/``on_conflict_do_update``."""
@@ -127,7 +105,7 @@ class Store:
         return sqlite.insert(table)
 
     def _ensure_model(self, session: Session, name: str) -> None:
-        _check_name(name, "model", orm.MODEL_NAME_LENGTH)
+        check_name(name, "model", orm.MODEL_NAME_LENGTH)
         stmt = self._upsert(session, MODELS).values(name=name, created_at=orm.utcnow())
         session.execute(stmt.on_conflict_do_nothing(index_elements=[MODELS.c.name]))
 
@@ -181,7 +159,7 @@ class Store:
         stmt = (
             select(orm.DeadLetter)
             .order_by(orm.DeadLetter.received_at.desc(), orm.DeadLetter.id.desc())
-            .limit(_check_limit(limit))
+            .limit(check_limit(limit))
         )
         with self._transaction("reading dead letters") as session:
             return [
@@ -209,7 +187,7 @@ class Store:
         """Store a reference data set; returns its id, the existing one if (model, content_hash) is stored."""
         if source not in REFERENCE_SOURCES:
             raise ValueError(f"reference source must be one of {sorted(REFERENCE_SOURCES)}, got {source!r}")
-        _check_name(content_hash, "content_hash", orm.HASH_LENGTH)
+        check_name(content_hash, "content_hash", orm.HASH_LENGTH)
         with self._transaction("storing a reference", write=True) as session:
             self._ensure_model(session, model)
             stmt = (
@@ -263,8 +241,8 @@ class Store:
         self, model: str, detector: str, reference_id: int, params_hash: str, state: bytes
     ) -> None:
         """Store a fitted detector's state, replacing any state under the same key."""
-        _check_name(detector, "detector", orm.DETECTOR_NAME_LENGTH)
-        _check_name(params_hash, "params_hash", orm.HASH_LENGTH)
+        check_name(detector, "detector", orm.DETECTOR_NAME_LENGTH)
+        check_name(params_hash, "params_hash", orm.HASH_LENGTH)
         with self._transaction("storing detector state", write=True) as session:
             self._ensure_model(session, model)
             stmt = self._upsert(session, DETECTOR_STATES).values(
@@ -316,7 +294,8 @@ class Store:
         with self._transaction("reading event labels") as session:
             rows = session.execute(
                 select(EVENTS.c.event_id, EVENTS.c.label).where(
-                    EVENTS.c.model == model, EVENTS.c.event_id.in_(list(dict.fromkeys(event_ids))),
+                    EVENTS.c.model == model,
+                    EVENTS.c.event_id.in_(list(dict.fromkeys(event_ids))),
                     EVENTS.c.label.is_not(None),
                 )
             )
@@ -540,13 +519,26 @@ class Store:
             if window is None:
                 raise StorageError(f"no stored window with id {window_id}")
             record = WindowRecord(
-                model=window.model, start=window.start, end=window.end, n_late=0, events=(),
-                results=(result,), anomalies=(), closed_at=window.end,
+                model=window.model,
+                start=window.start,
+                end=window.end,
+                n_late=0,
+                events=(),
+                results=(result,),
+                anomalies=(),
+                closed_at=window.end,
             )
             [values] = _result_values(record)
             now = orm.utcnow()
-            row = {**values, "window_id": window_id, "model": window.model, "window_start": window.start,
-                   "window_end": window.end, "created_at": now, "updated_at": now}
+            row = {
+                **values,
+                "window_id": window_id,
+                "model": window.model,
+                "window_start": window.start,
+                "window_end": window.end,
+                "created_at": now,
+                "updated_at": now,
+            }
             stmt = self._upsert(session, RESULTS)
             keep = {"id", "window_id", "detector", "created_at"}
             session.execute(
@@ -566,7 +558,7 @@ class Store:
             select(orm.Window)
             .where(orm.Window.model == model)
             .order_by(orm.Window.start.desc())
-            .limit(_check_limit(limit))
+            .limit(check_limit(limit))
         )
         with self._transaction("reading windows") as session:
             return [
@@ -597,7 +589,7 @@ class Store:
         Filters are optional; the time filter is ``since <= window_start < until``.
         """
         r = orm.WindowResult
-        stmt = select(r).order_by(r.window_start.desc(), r.detector, r.id.desc()).limit(_check_limit(limit))
+        stmt = select(r).order_by(r.window_start.desc(), r.detector, r.id.desc()).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(r.model == model)
         if detector is not None:
@@ -640,7 +632,7 @@ class Store:
     ) -> list[AnomalyRecord]:
         """Anomalous events, highest score first, filtered on ``since <= event_time < until``."""
         a = orm.Anomaly
-        stmt = select(a).order_by(a.score.desc(), a.event_time.desc(), a.id).limit(_check_limit(limit))
+        stmt = select(a).order_by(a.score.desc(), a.event_time.desc(), a.id).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(a.model == model)
         if since is not None:
@@ -673,7 +665,7 @@ class Store:
         Read-only for now: the alert lifecycle (which writes this table) is not part of storage yet.
         """
         a = orm.Alert
-        stmt = select(a).order_by(a.last_seen.desc(), a.id.desc()).limit(_check_limit(limit))
+        stmt = select(a).order_by(a.last_seen.desc(), a.id.desc()).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(a.model == model)
         if since is not None:
@@ -714,19 +706,6 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _check_name(value: str, what: str, max_length: int) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > max_length:
-        raise ValueError(f"{what} is longer than {max_length} characters: {value[:40]!r}...")
-
-
-def _check_limit(limit: int) -> int:
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    return int(limit)
 
 
 def _stamp_revisions(session: Session, window_id: int, detectors: Sequence[str]) -> None:
@@ -797,7 +776,7 @@ def _split_events(
     first: dict[str, EventRow] = {}
     repeats: dict[str, int] = {}
     for event in record.events:
-        _check_name(event.event_id, "event_id", 256)
+        check_name(event.event_id, "event_id", 256)
         if event.event_id in first:
             repeats[event.event_id] = repeats.get(event.event_id, 0) + 1
         else:
@@ -858,7 +837,7 @@ def _result_values(record: WindowRecord) -> list[dict[str, Any]]:
     seen: set[str] = set()
     for r in record.results:
         detector = _text(r.detector)
-        _check_name(detector, "detector", orm.DETECTOR_NAME_LENGTH)
+        check_name(detector, "detector", orm.DETECTOR_NAME_LENGTH)
         if detector in seen:
             raise ValueError(f"window {record.start.isoformat()} has two results for detector {detector!r}")
         seen.add(detector)
