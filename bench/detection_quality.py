@@ -150,10 +150,10 @@ def alerted(result: DetectionResult) -> bool:
     return result.status is Status.ALERT
 
 
-def fit_all(ds: Dataset, alpha: float) -> dict[str, Detector]:
+def fit_all(ds: Dataset, alpha: float, only: list[str] | None = None) -> dict[str, Detector]:
     reference = batch(ds, ds.ref_x, ds.ref_y, "ref-")
     fitted = {}
-    for detector_id in DETECTORS:
+    for detector_id in only or list(DETECTORS):
         detector = create_detector(detector_id, {"alpha": alpha})
         started = time.perf_counter()
         fitted[detector_id] = detector.fit(reference)
@@ -165,7 +165,13 @@ Row = tuple[str, str, int, float, float, str]
 
 
 def run(
-    datasets: list[str], sizes: list[int], clean: int, shifted: int, run_length: int, splits: int = 5
+    datasets: list[str],
+    sizes: list[int],
+    clean: int,
+    shifted: int,
+    run_length: int,
+    splits: int = 5,
+    only: list[str] | None = None,
 ) -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -182,7 +188,7 @@ def run(
                     f"\n## {name}: reference {len(ds.ref_y)} events, live pool {len(ds.live_y)} events, "
                     f"{splits} splits\n"
                 )
-            detectors = fit_all(ds, ALPHA)
+            detectors = fit_all(ds, ALPHA, only)
             per_split.append(
                 evaluate_split(ds, detectors, sizes, clean // splits, shifted // splits, run_length)
             )
@@ -195,7 +201,8 @@ def run(
             shown = "n/a" if np.isnan(fa) else f"{fa:.3f}"
             print(f"| {detector_id} | {shift} | {n} | {rate:.2f} | {shown} | {delay} |")
         goals(rows, clean_windows=(clean // splits) * splits)
-        budget(load(name, seed=0), windows=1000)
+        if only is None:
+            budget(load(name, seed=0), windows=1000)
 
 
 def average(per_split: list[list[Row]]) -> list[Row]:
@@ -332,12 +339,22 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="few windows, one size: a smoke run")
     parser.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer"])
+    parser.add_argument("--detectors", nargs="+", help="only these detector ids (default: all registered)")
+    parser.add_argument("--splits", type=int, default=20, help="reference/live splits (full run)")
     args = parser.parse_args()
     started = time.time()
     if args.quick:
-        run(args.datasets, sizes=[200], clean=20, shifted=10, run_length=5, splits=2)
+        run(args.datasets, sizes=[200], clean=20, shifted=10, run_length=5, splits=2, only=args.detectors)
     else:
-        run(args.datasets, sizes=[50, 200, 1000], clean=200, shifted=100, run_length=5, splits=20)
+        run(
+            args.datasets,
+            sizes=[50, 200, 1000],
+            clean=200,
+            shifted=100,
+            run_length=5,
+            splits=args.splits,
+            only=args.detectors,
+        )
     print(f"\ntotal {time.time() - started:.0f} s")
 
 

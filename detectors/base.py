@@ -135,6 +135,10 @@ class Detector(abc.ABC):
     def fitted(self) -> bool:
         """Whether ``evaluate`` can be called."""
 
+    def _not_fitted(self) -> NotFittedError:
+        """The error for ``evaluate`` or ``state_dict`` before ``fit`` or ``load_state_dict``."""
+        return NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first")
+
     def skipped(self, n_events: int, reason: str) -> DetectionResult:
         """A result for a window this detector cannot test."""
         return DetectionResult(

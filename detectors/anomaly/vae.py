@@ -41,7 +41,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from detectors.base import Batch, DetectionResult, Detector, EventScore, NotFittedError, Status, Threat
+from detectors.base import Batch, DetectionResult, Detector, EventScore, Status, Threat
 from detectors.encoding import FeatureSchema
 
 __all__ = ["VAEAnomalyDetector"]
@@ -273,9 +273,7 @@ class VAEAnomalyDetector(Detector):
 
     def _require_fitted(self) -> tuple[FeatureSchema, _VAE]:
         if self._schema is None or self._model is None:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
-            )
+            raise self._not_fitted()
         return self._schema, self._model
 
     # ------------------------------------------------------------------ fitting

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, NotFittedError, Status, Threat
+from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 from detectors.drift._stats import (
     CORRECTIONS,
     TASKS,
@@ -125,9 +125,7 @@ class LabelDriftDetector(Detector):
 
     def _require_fitted(self) -> str:
         if self._task is None:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
-            )
+            raise self._not_fitted()
         return self._task
 
     # ------------------------------------------------------------------ fitting

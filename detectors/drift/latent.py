@@ -60,7 +60,7 @@ import torch
 from alibi_detect.utils.pytorch.kernels import GaussianRBF
 
 from detectors.anomaly import VAEAnomalyDetector
-from detectors.base import Batch, DetectionResult, Detector, NotFittedError, Status, Threat
+from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 
 __all__ = ["LatentDriftDetector", "MMDPermutationTest"]
 
@@ -275,9 +275,7 @@ class LatentDriftDetector(Detector):
 
     def _require_fitted(self) -> tuple[VAEAnomalyDetector, GaussianRBF]:
         if self._vae is None or self._kernel is None:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
-            )
+            raise self._not_fitted()
         return self._vae, self._kernel
 
     @property

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, NotFittedError, Status, Threat
+from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 from detectors.drift._stats import (
     CORRECTIONS,
     adjust_pvalues,
@@ -183,9 +183,7 @@ class OutputDriftDetector(Detector):
 
     def _require_fitted(self) -> None:
         if not self.fitted:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit() or load_state_dict() first"
-            )
+            raise self._not_fitted()
 
     # ------------------------------------------------------------------ fitting
 
