@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from detectors.base import DetectionResult
 from monitor.config import AppConfig, load_config
 from monitor.errors import ConfigError
 from monitor.logs import configure_logging
@@ -159,19 +160,37 @@ def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
                 ],
             }
         )
-    verdicts = []
-    for r in closed.results:
-        if r.status.value == "skipped":
-            verdicts.append(f"{r.detector}: skipped ({r.reason})")
-        else:
-            p = f" p={r.p_value:.2g}" if r.p_value is not None else ""
-            stat = f"{r.statistic:.3f}" if r.statistic is not None else "-"
-            thr = f"{r.threshold:.3f}" if r.threshold is not None else "-"
-            verdicts.append(f"{r.detector}: {r.status.value.upper()} stat={stat} thr={thr}{p}")
+    alerting = [r for r in closed.results if r.status.value == "alert"]
+    skipped = [r for r in closed.results if r.status.value == "skipped"]
+    quiet = [r.detector for r in closed.results if r.status.value == "ok"]
+    parts = [
+        f"{r.detector} ALERT p={r.p_value:.2g}{_evidence_hint(r)}"
+        if r.p_value is not None
+        else f"{r.detector} ALERT"
+        for r in alerting
+    ]
+    if quiet:
+        parts.append(f"ok: {', '.join(quiet)}")
+    parts += [f"{r.detector} skipped ({r.reason})" for r in skipped]
     return (
-        f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} "
-        f"n={stored.n_events}  " + "; ".join(verdicts)
+        f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} n={stored.n_events}  "
+        + "; ".join(parts)
     )
+
+
+def _evidence_hint(result: DetectionResult) -> str:
+    """A few words of the evidence: what moved, or how much of the window was anomalous."""
+    evidence = result.evidence
+    drifted = evidence.get("drifted")
+    if isinstance(drifted, list) and drifted:
+        names = ", ".join(str(d.get("feature")) for d in drifted[:3] if isinstance(d, dict))
+        more = f" +{len(drifted) - 3}" if len(drifted) > 3 else ""
+        return f" ({names}{more})"
+    if result.detector == "vae_anomaly" and result.statistic is not None:
+        return f" ({result.statistic:.0%} of inputs anomalous)"
+    if "window_accuracy" in evidence and "reference_accuracy" in evidence:
+        return f" (accuracy {evidence['window_accuracy']:.2f} vs {evidence['reference_accuracy']:.2f})"
+    return ""
 
 
 def _alerts(config: AppConfig, args: argparse.Namespace) -> int:

@@ -188,4 +188,14 @@ def _summary(
             f"(malformed messages kept with their reason), {c['duplicates']} duplicates"
         )
     print(f"false alarms on clean windows: {false_alarms}")
+    if pipeline is not None:
+        from storage import AlertStore
+
+        alerts = AlertStore(pipeline.store.engine).list_alerts(model=MODEL, limit=50)
+        print(f"\nalerts opened by the alert engine ({len(alerts)}; `sentinel alerts --db ...` lists them):")
+        for alert in sorted(alerts, key=lambda a: a.first_seen):
+            print(
+                f"  {alert.state:<9} {alert.severity:<9} {alert.detector:<14} {alert.threat:<11} "
+                f"count={alert.count}  {alert.title}"
+            )
     logging.getLogger("sentinel").info("demo finished")
