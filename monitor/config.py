@@ -218,6 +218,7 @@ class LogSettings(_Strict):
 
 # Here, not at the top: the alerting settings subclass _Strict and use Duration, defined above.
 from monitor.alerting.settings import AlertingSettings  # noqa: E402
+from monitor.api.settings import ApiSettings  # noqa: E402
 
 
 class AppConfig(_Strict):
@@ -234,6 +235,7 @@ class AppConfig(_Strict):
     db_retry_initial: Duration = 0.5
     db_retry_max: Duration = 30.0
     alerting: AlertingSettings = AlertingSettings()
+    api: ApiSettings = ApiSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,9 @@ the delivery worker finish the delivery in flight and exits 0. A crash logs "cra
 Alerting: the alert engine runs as a scheduler job on every tick (it reads the stored results, so it needs
 nothing from the pipeline's memory); the delivery worker sends the outbox on its own thread. Deliveries still
 pending at a stop or a crash are sent after the restart.
+
+The HTTP API (:mod:`monitor.api`, ``api.enabled``) is served by uvicorn on its own thread from just after the
+database answers until the end of the stop sequence, so it shows the final alerts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.alerting import AlertEngine, DeliveryWorker
+from monitor.api.app import RuntimeStatus, create_app
+from monitor.api.server import ApiServer
+from monitor.api.settings import check_exposure
 from monitor.config import AppConfig
 from monitor.consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
@@ -76,6 +82,10 @@ class Daemon:
         self.delivery: DeliveryWorker | None = None
         self._alerts_backoff = Backoff(config.db_retry_initial, config.db_retry_max)
         self._alerts_not_before = 0.0
+        self.api: ApiServer | None = None
+        if config.api.enabled:
+            # An open API reachable from the network is refused here, before anything starts.
+            check_exposure(config.api)
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
@@ -96,6 +106,8 @@ class Daemon:
                 return 0
             pipeline = Pipeline(self.config, store, on_window=self.on_window)
             self.pipeline = pipeline
+            # Serve as early as possible: /healthz and /readyz answer while the models load.
+            self._start_api(store)
             self._prepare(pipeline)
             self._prepare_alerting(store)
             self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
@@ -133,6 +145,7 @@ class Daemon:
             if self.intake.error is not None:
                 raise RuntimeError("intake failed while stopping") from self.intake.error
             self._final_alerts()
+            self._stop_api()
             self.state = RunState.STOPPED
             log.info("stopped")
             return 0
@@ -141,7 +154,44 @@ class Daemon:
             log.exception("crashed")
             if self.delivery is not None:
                 self.delivery.stop(timeout=5.0)
+            self._stop_api()
             return 1
+
+    def _start_api(self, store: Store) -> None:
+        """Serve the HTTP API on its own thread (``api.enabled``).
+
+        A port that cannot be bound is logged, not fatal: monitoring and alerting are the main job, and a
+        missing API shows at once in failing probes.
+        """
+        settings = self.config.api
+        if not settings.enabled:
+            return
+        app = create_app(store, AlertStore(store.engine), settings, status_provider=self.runtime_status)
+        try:
+            self.api = ApiServer(app, settings.host, settings.port)
+        except OSError as exc:
+            log.error(
+                "HTTP API cannot listen on %s:%d (%s); running without it", settings.host, settings.port, exc
+            )
+            return
+        self.api.start()
+
+    def _stop_api(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+
+    def runtime_status(self) -> RuntimeStatus:
+        """The daemon's view for /readyz, /metrics and /v1/models (called from the API's threads)."""
+        pipeline, intake = self.pipeline, self.intake
+        return RuntimeStatus(
+            state=self.state.value,
+            broker_connected=intake is not None and intake.connected.is_set(),
+            partitions_assigned=0 if intake is None else len(intake.assigned),
+            models_ready=pipeline is not None and pipeline.ready,
+            models={} if pipeline is None else pipeline.status(),
+            counters={} if pipeline is None else dict(pipeline.counters),
+        )
 
     def _prepare(self, pipeline: Pipeline) -> None:
         backoff = Backoff(self.config.db_retry_initial, self.config.db_retry_max)

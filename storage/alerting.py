@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -601,11 +601,16 @@ class AlertStore(EngineBound):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        order: Literal["last_seen", "id"] = "last_seen",
         before_id: int | None = None,
     ) -> list[AlertRecord]:
-        """Alerts, most recently seen first; ``since <= last_seen < until``; ``before_id`` pages by id."""
+        """Alerts newest first, by ``last_seen`` (the history view) or by ``id`` (stable pages: new alerts
+        only ever get higher ids); ``since <= last_seen < until``; ``before_id`` pages, with id order only."""
         a = orm.Alert
-        stmt = select(a).order_by(a.last_seen.desc(), a.id.desc()).limit(check_limit(limit))
+        if before_id is not None and order != "id":
+            raise ValueError("before_id pages by id: use order='id'")
+        ordering = (a.id.desc(),) if order == "id" else (a.last_seen.desc(), a.id.desc())
+        stmt = select(a).order_by(*ordering).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(a.model == model)
         if detector is not None:
