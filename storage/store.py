@@ -17,13 +17,14 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
 from enum import Enum
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     ColumnElement,
     Engine,
     String,
     Table,
+    and_,
     any_,
     bindparam,
     delete,
@@ -583,13 +584,19 @@ class Store(EngineBound):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        order: Literal["detector", "id"] = "detector",
+        after: tuple[datetime, int] | None = None,
     ) -> list[WindowResultRecord]:
-        """Detector results, latest window first (then by detector name).
+        """Detector results, latest window first, then by detector name or (for stable pages) by id.
 
-        Filters are optional; the time filter is ``since <= window_start < until``.
+        Filters are optional; the time filter is ``since <= window_start < until``. ``after`` is a keyset
+        ``(window_start, id)``: only results strictly after it in id order (which it requires).
         """
         r = orm.WindowResult
-        stmt = select(r).order_by(r.window_start.desc(), r.detector, r.id.desc()).limit(check_limit(limit))
+        if after is not None and order != "id":
+            raise ValueError("after pages by (window_start, id): use order='id'")
+        tiebreak = (r.id.desc(),) if order == "id" else (r.detector, r.id.desc())
+        stmt = select(r).order_by(r.window_start.desc(), *tiebreak).limit(check_limit(limit))
         if model is not None:
             stmt = stmt.where(r.model == model)
         if detector is not None:
@@ -600,6 +607,10 @@ class Store(EngineBound):
         if until is not None:
             require_aware(until, "until")
             stmt = stmt.where(r.window_start < until)
+        if after is not None:
+            start, last_id = after
+            require_aware(start, "after")
+            stmt = stmt.where(or_(r.window_start < start, and_(r.window_start == start, r.id < last_id)))
         with self._transaction("reading window results") as session:
             return [
                 WindowResultRecord(

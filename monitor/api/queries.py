@@ -19,8 +19,9 @@ from sqlalchemy import and_, func, or_, select
 
 from storage import models as orm
 from storage.alerting import AlertStore
-from storage.records import AlertRecord, WindowResultRecord, require_aware
+from storage.records import AlertRecord, WindowResultRecord
 from storage.session import EngineBound, check_limit
+from storage.store import Store
 
 __all__ = ["AlertChanges", "ApiQueries", "ModelRow"]
 
@@ -49,10 +50,6 @@ class AlertChanges:
 
 def _alert_record(a: orm.Alert) -> AlertRecord:
     return AlertRecord(**{name: getattr(a, name) for name in AlertRecord.__dataclass_fields__})
-
-
-def _result_record(x: orm.WindowResult) -> WindowResultRecord:
-    return WindowResultRecord(**{name: getattr(x, name) for name in WindowResultRecord.__dataclass_fields__})
 
 
 class ApiQueries(EngineBound):
@@ -96,24 +93,9 @@ class ApiQueries(EngineBound):
         limit: int = 100,
     ) -> list[WindowResultRecord]:
         """Window results, latest window first then id descending, strictly after the keyset ``after``."""
-        r = orm.WindowResult
-        stmt = select(r).order_by(r.window_start.desc(), r.id.desc()).limit(check_limit(limit))
-        if model is not None:
-            stmt = stmt.where(r.model == model)
-        if detector is not None:
-            stmt = stmt.where(r.detector == detector)
-        if since is not None:
-            require_aware(since, "since")
-            stmt = stmt.where(r.window_start >= since)
-        if until is not None:
-            require_aware(until, "until")
-            stmt = stmt.where(r.window_start < until)
-        if after is not None:
-            start, last_id = after
-            require_aware(start, "cursor")
-            stmt = stmt.where(or_(r.window_start < start, and_(r.window_start == start, r.id < last_id)))
-        with self._transaction("reading window results") as session:
-            return [_result_record(x) for x in session.scalars(stmt)]
+        return Store(self.engine).window_results(
+            model=model, detector=detector, since=since, until=until, limit=limit, order="id", after=after
+        )
 
     def models(self) -> list[ModelRow]:
         """Every registered model with its latest reference's metadata (never the payload)."""
