@@ -59,10 +59,21 @@ class Batch:
     timestamps: Sequence[float] = ()  # event time, epoch seconds
     embeddings: Sequence[Sequence[float] | None] = ()
     groups: Sequence[Mapping[str, str]] = ()
+    streams: Sequence[str] = ()  # "inference" (live traffic) or "training" (labelled data for retraining)
 
     def __post_init__(self) -> None:
         n = len(self.event_ids)
-        for name in ("features", "predictions", "labels", "client_ids", "timestamps", "embeddings", "groups"):
+        columns = (
+            "features",
+            "predictions",
+            "labels",
+            "client_ids",
+            "timestamps",
+            "embeddings",
+            "groups",
+            "streams",
+        )
+        for name in columns:
             column = getattr(self, name)
             if len(column) not in (0, n):
                 raise ValueError(f"Batch.{name} has {len(column)} entries, expected {n} (one per event_id)")
@@ -109,6 +120,10 @@ class Detector(abc.ABC):
 
     id: ClassVar[str]
     threat: ClassVar[Threat]
+    stateful: ClassVar[bool] = False
+    """True for detectors whose ``evaluate`` also learns (per-client query histories, ...): the monitor then
+    stores ``state_dict()`` after every evaluated window, in the same transaction as the window's results,
+    so that a restart resumes from exactly the state the stored results saw."""
 
     @abc.abstractmethod
     def fit(self, reference: Batch) -> Self:

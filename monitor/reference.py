@@ -80,4 +80,5 @@ def to_batch(events: Iterable[PredictionEvent], labels: Sequence[str | None] | N
         timestamps=[event.timestamp for event in events],
         embeddings=[event.embedding for event in events],
         groups=[event.groups for event in events],
+        streams=[event.stream for event in events],
     )
