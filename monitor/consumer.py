@@ -29,6 +29,7 @@ log = logging.getLogger("sentinel.consumer")
 
 # Pause fetching while this many messages wait for the database.
 BACKLOG_PAUSE = 50_000
+LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 
 
 class Backoff:
@@ -110,6 +111,8 @@ class KafkaIntake(threading.Thread):
         self._committed: dict[TopicPartition, int] = {}
         self.connected = threading.Event()
         self.assigned: set[tuple[str, int]] = set()
+        self.lag: dict[tuple[str, int], int] = {}  # per owned partition: messages not read yet
+        self._lag_measured = float("-inf")
         self.error: BaseException | None = None
 
     def stop(self) -> None:
@@ -174,6 +177,7 @@ class KafkaIntake(threading.Thread):
                 self._ingest(consumer, batch)
                 self.pipeline.flush()
                 db_backoff.reset()
+                self._measure_lag(consumer)
             except StorageUnavailable as exc:
                 delay = db_backoff.next()
                 log.warning("database unavailable (%s); intake waits %.1f s and keeps offsets", exc, delay)
@@ -201,6 +205,29 @@ class KafkaIntake(threading.Thread):
                     # A model seen for the first time could not be loaded: read this message again later.
                     consumer.seek(tp, records[index].offset)
                     raise
+
+    def _measure_lag(self, consumer: KafkaConsumer) -> None:
+        """Lag = the partition's high watermark (from the last fetch response, no extra request) minus the
+        offset after the last message taken. Commits trail on purpose (until windows are stored), so the
+        committed offset would show a window's worth of lag even when intake keeps up. Measured at most
+        every LAG_INTERVAL seconds: a partition nothing was read from yet needs a position request."""
+        now = time.monotonic()
+        if now - self._lag_measured < LAG_INTERVAL:
+            return
+        self._lag_measured = now
+        read = self.pipeline.read_offsets()
+        lag = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = read.get(tp)
+            if position is None:
+                try:
+                    position = consumer.position(tp, timeout_ms=200)
+                except KafkaError:
+                    position = None
+            if highwater is not None and position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+        self.lag = lag
 
     def _rewind(self, consumer: KafkaConsumer) -> None:
         """After a rebalance, rebuild the open windows from the committed offsets of what we own now."""

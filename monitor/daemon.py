@@ -47,12 +47,16 @@ class RunState(enum.StrEnum):
 
 def connect_store(config: AppConfig, stop: threading.Event | None = None) -> Store | None:
     """Create the engine, migrate and return the store, retrying while the database is unreachable."""
+    return wait_for_database(Store(make_engine(config.database_url)), config, stop)
+
+
+def wait_for_database(store: Store, config: AppConfig, stop: threading.Event | None = None) -> Store | None:
+    """Migrate the schema and ping, retrying with backoff while the database is unreachable; None if
+    ``stop`` is set first."""
     backoff = Backoff(config.db_retry_initial, config.db_retry_max)
-    engine = make_engine(config.database_url)
     while stop is None or not stop.is_set():
         try:
-            migrate(engine)
-            store = Store(engine)
+            migrate(store.engine)
             store.ping()
             return store
         except StorageUnavailable as exc:
@@ -99,15 +103,17 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped; return the process exit code."""
         try:
-            store = connect_store(self.config, self._stop)
-            if store is None:
+            # Serve first: /healthz answers (the pod stays alive) and /readyz says "database unreachable"
+            # while the database is away, instead of a liveness probe restarting the pod in a loop.
+            store = Store(make_engine(self.config.database_url))
+            self._start_api(store)
+            if wait_for_database(store, self.config, self._stop) is None:
+                self._stop_api()
                 self.state = RunState.STOPPED
                 log.info("stopped before the database was reachable")
                 return 0
             pipeline = Pipeline(self.config, store, on_window=self.on_window)
             self.pipeline = pipeline
-            # Serve as early as possible: /healthz and /readyz answer while the models load.
-            self._start_api(store)
             self._prepare(pipeline)
             self._prepare_alerting(store)
             self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
@@ -191,6 +197,14 @@ class Daemon:
             models_ready=pipeline is not None and pipeline.ready,
             models={} if pipeline is None else pipeline.status(),
             counters={} if pipeline is None else dict(pipeline.counters),
+            events_by_model={} if pipeline is None else pipeline.events_by_model.snapshot(),
+            consumer_lag={} if intake is None else dict(intake.lag),
+            histograms={}
+            if pipeline is None
+            else {
+                "sentinel_window_close_seconds": pipeline.window_seconds.snapshot(),
+                "sentinel_detector_seconds": pipeline.detector_seconds.snapshot(),
+            },
         )
 
     def _prepare(self, pipeline: Pipeline) -> None:

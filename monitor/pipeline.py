@@ -26,6 +26,7 @@ from detectors.state import dump_state, load_state
 from monitor.config import AppConfig, ModelSettings
 from monitor.errors import IntakeError
 from monitor.intake import FeedbackEvent, PredictionEvent, parse_message
+from monitor.metrics import Histogram, LabelledCounter
 from monitor.reference import content_hash, decode_events, encode_events, read_reference_file, to_batch
 from monitor.windows import OffsetFloor, Position, TopicPartition, Window, window_start
 from storage import (
@@ -135,6 +136,10 @@ class Pipeline:
             "duplicates": 0,
             "late": 0,
         }
+        # For /metrics: events per model and outcome, and how long window closes and detectors take.
+        self.events_by_model = LabelledCounter()
+        self.window_seconds = Histogram()
+        self.detector_seconds = Histogram()
 
     # ----------------------------------------------------------------- intake (the consumer's thread)
 
@@ -203,12 +208,14 @@ class Pipeline:
                 runtime.partition_marks[position.tp] = event.timestamp
                 runtime.watermark = min(runtime.partition_marks.values())
             self.counters["accepted"] += 1
+            self.events_by_model.inc(runtime.name, "accepted")
 
     def _collect_reference(self, runtime: ModelRuntime, event: PredictionEvent, position: Position) -> None:
         runtime.warmup.append(event)
         runtime.warmup_ids.add(event.event_id)
         runtime.warmup_offsets.note(position)
         self.counters["accepted"] += 1
+        self.events_by_model.inc(runtime.name, "accepted")
         if len(runtime.warmup) >= runtime.settings.reference.warmup_events:
             runtime.reference_events = runtime.warmup
             runtime.schema = FeatureSchema.fit([e.features for e in runtime.warmup])
@@ -239,6 +246,7 @@ class Pipeline:
         with self._lock:
             self._pending.append(_PendingWrite(message.position, dead_letter=row))
             self.counters["rejected"] += 1
+            self.events_by_model.inc(model or "", "rejected")
         log.info(
             "dead letter %s[%d]@%d: %s",
             message.position.topic,
@@ -313,6 +321,11 @@ class Pipeline:
             for runtime in self._models.values():
                 waiting += sum(w.n_events for w in runtime.closing)
             return waiting
+
+    def read_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last message taken (stored or not): for the consumer lag."""
+        with self._lock:
+            return dict(self._next_offset)
 
     def safe_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset the consumer may commit: every message below it is stored."""
@@ -517,6 +530,7 @@ class Pipeline:
                 # Everything in it was stored before (redelivered after a restart): nothing new to say.
                 runtime.closing.remove(window)
                 return None
+        started = time.perf_counter()
         results = self._evaluate(runtime, window)
         record = WindowRecord(
             model=runtime.name,
@@ -541,6 +555,7 @@ class Pipeline:
             closed_at=_utc(self.clock()),
         )
         stored = self.store.store_window(record)
+        self.window_seconds.observe(time.perf_counter() - started, runtime.name)
         with self._lock:
             runtime.closing.remove(window)
         outcome = ClosedWindow(stored, tuple(results))
@@ -579,7 +594,9 @@ class Pipeline:
             except Exception as exc:  # a detector bug must not stop the other detectors or the daemon
                 log.exception("model %s: %s failed on window %s", runtime.name, detector_id, window.start)
                 result = detector.skipped(n, f"detector failed: {type(exc).__name__}: {exc}")
-            log.debug("model %s: %s took %.3f s", runtime.name, detector_id, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.detector_seconds.observe(elapsed, detector_id)
+            log.debug("model %s: %s took %.3f s", runtime.name, detector_id, elapsed)
             results.append(self._persist(runtime, result))
         return results
 

@@ -25,6 +25,7 @@ from monitor.api.server import ApiServer
 from monitor.api.settings import ApiSettings, check_exposure, is_loopback
 from monitor.config import AppConfig, load_config
 from monitor.errors import ConfigError
+from monitor.metrics import Histogram
 from storage import (
     AlertState,
     AlertStore,
@@ -573,6 +574,31 @@ def test_metrics_text_format(sqlite_stores: tuple[Store, AlertStore]) -> None:
     } <= lines
 
 
+def test_metrics_histograms_and_lag(sqlite_stores: tuple[Store, AlertStore]) -> None:
+    detector_seconds = Histogram(bounds=(0.01, 0.1, 1.0))
+    for seconds in (0.005, 0.05, 0.05, 3.0):
+        detector_seconds.observe(seconds, "vae_anomaly")
+    status = RuntimeStatus(
+        consumer_lag={("events", 0): 0, ("events", 3): 1200},
+        events_by_model={("fraud", "accepted"): 90, ("", "rejected"): 4},
+        histograms={"sentinel_detector_seconds": detector_seconds.snapshot()},
+    )
+    lines = build(*sqlite_stores, provider=lambda: status).get("/metrics").text.splitlines()
+    assert "# TYPE sentinel_detector_seconds histogram" in lines
+    # Cumulative buckets, +Inf equal to the count, and the sum of the observations.
+    assert [line for line in lines if line.startswith("sentinel_detector_seconds")] == [
+        'sentinel_detector_seconds_bucket{detector="vae_anomaly",le="0.01"} 1',
+        'sentinel_detector_seconds_bucket{detector="vae_anomaly",le="0.1"} 3',
+        'sentinel_detector_seconds_bucket{detector="vae_anomaly",le="1"} 3',
+        'sentinel_detector_seconds_bucket{detector="vae_anomaly",le="+Inf"} 4',
+        'sentinel_detector_seconds_sum{detector="vae_anomaly"} 3.105',
+        'sentinel_detector_seconds_count{detector="vae_anomaly"} 4',
+    ]
+    assert 'sentinel_consumer_lag{topic="events",partition="3"} 1200' in lines
+    assert 'sentinel_model_events_total{model="fraud",outcome="accepted"} 90' in lines
+    assert 'sentinel_model_events_total{model="",outcome="rejected"} 4' in lines
+
+
 def test_unexpected_errors_are_500_without_details(
     sqlite_stores: tuple[Store, AlertStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -749,11 +775,15 @@ def test_daemon_serves_the_api_and_reports_readiness(broker: Any, database_url: 
         while time.monotonic() < deadline:
             ready = httpx.get(f"{base}/readyz", timeout=5)
             metrics = httpx.get(f"{base}/metrics", timeout=5).text
-            if ready.status_code == 200 and "sentinel_events_consumed_total 50" in metrics:
+            lag_lines = [f'sentinel_consumer_lag{{topic="{topic}",partition="{p}"}} 0' for p in (0, 1)]
+            if ready.status_code == 200 and all(line in metrics for line in lag_lines):
                 break
             time.sleep(0.2)
         assert ready is not None and ready.status_code == 200, ready.text if ready else None
         assert "sentinel_events_consumed_total 50" in metrics
+        assert f'sentinel_model_events_total{{model="{MODEL}",outcome="accepted"}} 50' in metrics
+        # Both partitions are owned and fully read (measured every few seconds).
+        assert all(line in metrics for line in lag_lines), metrics
         assert set(ready.json()["checks"]) == {"database", "daemon", "broker", "partitions", "models"}
         assert httpx.get(f"{base}/v1/models", timeout=5).status_code == 401
         models = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {READ}"}, timeout=5).json()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from monitor.broker import free_port
@@ -74,12 +75,13 @@ def test_unreachable_broker_is_retried_with_a_clear_log_line(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_unreachable_database_is_retried_with_a_clear_log_line(tmp_path: Path) -> None:
-    port = free_port()
+    port, api_port = free_port(), free_port()
     daemon = DaemonProcess(
         {
             "database_url": f"postgresql+psycopg://sentinel@127.0.0.1:{port}/sentinel",
             "db_retry_initial": "0.2s",
             "db_retry_max": "0.5s",
+            "api": {"port": api_port},
         },
         tmp_path,
     ).start()
@@ -87,6 +89,11 @@ def test_unreachable_database_is_retried_with_a_clear_log_line(tmp_path: Path) -
         line = daemon.wait_for("database unreachable", timeout=90)
         assert "retrying in" in line and "Traceback" not in daemon.log
         daemon.wait_for_count("database unreachable", 2, timeout=60)
+        # Alive (a liveness probe must not restart it in a loop), not ready, and saying why.
+        base = f"http://127.0.0.1:{api_port}"
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        ready = httpx.get(f"{base}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
         assert daemon.process is not None and daemon.process.poll() is None
         assert daemon.terminate() == 0
     finally:

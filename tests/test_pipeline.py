@@ -202,6 +202,12 @@ def test_late_events_go_to_the_open_window_and_feedback_labels_attach(tmp_path: 
         "not-yet-seen": "fb-early",
     }
     assert len(closed_now) == 2
+    # /metrics' view: three windows closed, each enabled detector timed once per window it tested.
+    assert pipeline.window_seconds.snapshot()[MODEL].count == 3
+    tested = {r.detector for c in (closed, *closed_now) for r in c.results if r.status.value != "skipped"}
+    timings = pipeline.detector_seconds.snapshot()
+    assert tested and all(timings[d].count >= 1 for d in tested)
+    assert pipeline.events_by_model.snapshot()[(MODEL, "accepted")] == 40 + 40 + 1 + 40
 
 
 def test_offsets_are_held_back_until_the_window_is_stored(tmp_path: Path) -> None:

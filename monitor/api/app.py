@@ -27,8 +27,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from monitor.api.auth import Scope, TokenChecker
+from monitor.api.dashboard import dashboard_router
 from monitor.api.queries import ApiQueries
 from monitor.api.settings import ApiSettings
+from monitor.metrics import HistogramSnapshot
 from storage import AlertStore, SilenceIn, StorageError, StorageUnavailable, Store, SubscriptionIn
 from storage.alerting import SEVERITIES
 from storage.records import AlertRecord, WindowResultRecord
@@ -59,6 +61,12 @@ class RuntimeStatus:
     models_ready: bool = True
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
+    events_by_model: Mapping[tuple[str, ...], int] = field(default_factory=dict)  # (model, outcome) -> count
+    consumer_lag: Mapping[tuple[str, int], int] = field(
+        default_factory=dict
+    )  # (topic, partition) -> messages
+    # metric name -> label value (model or detector id) -> histogram
+    histograms: Mapping[str, Mapping[str, HistogramSnapshot]] = field(default_factory=dict)
 
 
 StatusProvider = Callable[[], RuntimeStatus]
@@ -278,7 +286,12 @@ class SubscriptionList(_Out):
 class SilenceCreate(BaseModel):
     """Mute the alerts matching every given matcher (at least one) from ``starts_at`` (default now)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [{"required": ["fingerprint"]}, {"required": ["model"]}, {"required": ["detector"]}]
+        },
+    )
 
     ends_at: AwareDatetime
     starts_at: AwareDatetime | None = None
@@ -434,6 +447,13 @@ class StreamPosition:
 
 # Module level, not inside create_app: with postponed annotations FastAPI resolves them in module globals.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_-]{1,200}$",
+        description="opaque: a next_cursor of the previous page, passed back unchanged (422 otherwise)",
+    ),
+]
 Since = Annotated[AwareDatetime | None, Query(description="RFC 3339 with an offset, inclusive")]
 Until = Annotated[AwareDatetime | None, Query(description="RFC 3339 with an offset, exclusive")]
 
@@ -586,7 +606,7 @@ def create_app(
         since: Since = None,
         until: Until = None,
         limit: Limit = 100,
-        cursor: str | None = None,
+        cursor: Cursor = None,
     ) -> AlertPage:
         """Alerts newest first (by id), ``since <= last_seen < until``; page with ``next_cursor``.
 
@@ -685,7 +705,7 @@ def create_app(
         since: Since = None,
         until: Until = None,
         limit: Limit = 100,
-        cursor: str | None = None,
+        cursor: Cursor = None,
     ) -> WindowPage:
         """Per-window detector results, latest window first; ``since <= window_start < until``."""
         after = None if cursor is None else _parse_window_cursor(cursor)
@@ -879,6 +899,9 @@ def create_app(
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no silence with id {silence_id}")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+    # The dashboard page and its assets: no data, so no token (the page sends one to /v1).
+    app.include_router(dashboard_router())
+
     return app
 
 
@@ -944,6 +967,35 @@ def _render_metrics(queries: ApiQueries, status_now: RuntimeStatus | None) -> st
         ("late", "Events that arrived after their window closed."),
     ):
         family(f"sentinel_events_{key}_total", "counter", help_text, [({}, float(counters.get(key, 0)))])
+
+    by_model = dict(status_now.events_by_model) if status_now is not None else {}
+    family(
+        "sentinel_model_events_total",
+        "counter",
+        "Events per model, accepted into windows or rejected (dead-lettered; model '' when unknown).",
+        [({"model": key[0], "outcome": key[1]}, float(n)) for key, n in sorted(by_model.items())],
+    )
+    lag = dict(status_now.consumer_lag) if status_now is not None else {}
+    family(
+        "sentinel_consumer_lag",
+        "gauge",
+        "Messages in each owned partition not read yet (high watermark minus the next offset to read).",
+        [({"topic": t, "partition": str(p)}, float(n)) for (t, p), n in sorted(lag.items())],
+    )
+    histograms = dict(status_now.histograms) if status_now is not None else {}
+    for name, label_name, help_text in (
+        ("sentinel_window_close_seconds", "model", "Time to evaluate and store one closed window."),
+        ("sentinel_detector_seconds", "detector", "Time one detector takes to evaluate one window."),
+    ):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} histogram")
+        for label, snap in sorted(histograms.get(name, {}).items()):
+            base = f'{label_name}="{_escape(label)}"'
+            for bound, count in zip((*snap.bounds, math.inf), snap.cumulative, strict=True):
+                le = "+Inf" if math.isinf(bound) else f"{bound:g}"
+                lines.append(f'{name}_bucket{{{base},le="{le}"}} {count}')
+            lines.append(f"{name}_sum{{{base}}} {snap.total:.6g}")
+            lines.append(f"{name}_count{{{base}}} {snap.count}")
 
     database_up = 1.0
     try:
