@@ -34,6 +34,7 @@ from monitor.alerting import (
     silenced,
     subject_of,
 )
+from monitor.alerting.lifecycle import MAX_SUBJECTS
 from monitor.config import load_config
 from monitor.errors import ConfigError
 from storage import (
@@ -422,6 +423,60 @@ def test_subjects_are_separate_alerts_and_another_subject_does_not_reset(
     assert (by_subject["client-b"].state, by_subject["client-b"].clean_streak) == ("firing", 1)
     assert by_subject["client-a"].fingerprint != by_subject["client-b"].fingerprint
     assert by_subject["client-a"].public().details["subject"] == "client-a"
+
+
+def flagged(*clients: str, detector: str = "extraction") -> ResultRow:
+    """A security detector's failing window naming several clients, each with its own finding."""
+    findings = [
+        {
+            "subject": c,
+            "statistic": 0.5 + i,
+            "threshold": 0.9,
+            "p_value": 10.0 ** -(6 - i),
+            "event_ids": [f"{c}-1"],
+        }
+        for i, c in enumerate(clients)
+    ]
+    return replace(
+        row("alert", detector=detector),
+        threat="confidentiality",
+        evidence={"subjects": list(clients), "findings": findings, "clients_tested": 21},
+    )
+
+
+def test_one_alert_per_flagged_subject_each_resolving_on_its_own(db: tuple[Store, AlertStore]) -> None:
+    store, alerts = db
+    subscribe(alerts)
+    engine = AlertEngine(alerts, AlertingSettings(resolve_after=2))
+    put(store, 0, flagged("attacker-1", "attacker-2"))
+    engine.run_once(now=at(0))
+    by_subject = {a.subject: a for a in alerts.alert_states()}
+    assert set(by_subject) == {"attacker-1", "attacker-2"}
+    first = by_subject["attacker-1"].public()
+    # Each alert carries its own finding: the statistic, p-value and evidence of that client.
+    assert (first.statistic, first.p_value) == (0.5, 1e-6)
+    assert first.details["event_ids"] == ["attacker-1-1"] and first.details["clients_tested"] == 21
+    assert by_subject["attacker-2"].public().p_value == 1e-5
+    assert [reason for _, reason, _ in deliveries(alerts)] == ["firing", "firing"]
+    # attacker-2 keeps attacking; attacker-1 stops: the windows that do not name it are clean for it.
+    put(store, 1, flagged("attacker-2"))
+    put(store, 2, flagged("attacker-2"))
+    engine.run_once(now=at(2))
+    by_subject = {a.subject: a for a in alerts.alert_states()}
+    assert by_subject["attacker-1"].state == "resolved"
+    assert (by_subject["attacker-2"].state, by_subject["attacker-2"].count) == ("firing", 3)
+    assert len(alerts.alert_states()) == 2  # refreshed, not reopened
+
+
+def test_a_window_naming_many_subjects_opens_a_bounded_number_of_alerts(db: tuple[Store, AlertStore]) -> None:
+    store, alerts = db
+    put(store, 0, flagged(*[f"c{i}" for i in range(100)], detector="probing"))
+    AlertEngine(alerts, AlertingSettings()).run_once(now=at(0))
+    states = alerts.alert_states()
+    assert len(states) == MAX_SUBJECTS and {a.subject for a in states} == {
+        f"c{i}" for i in range(MAX_SUBJECTS)
+    }
+    assert all(a.public().details["subjects_flagged"] == 100 for a in states)
 
 
 def test_results_updated_after_late_labels_are_processed(db: tuple[Store, AlertStore]) -> None:

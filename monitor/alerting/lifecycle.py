@@ -58,6 +58,7 @@ __all__ = [
     "observe_clean",
     "observe_failure",
     "open_alert",
+    "per_subject",
     "severity_of",
     "silenced",
     "subject_of",
@@ -66,6 +67,7 @@ __all__ = [
 log = logging.getLogger("sentinel.alerts")
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+MAX_SUBJECTS = 20  # alerts one window of one detector may open or refresh, one per flagged subject
 Clock = Callable[[], datetime]
 
 
@@ -81,6 +83,47 @@ def subject_of(evidence: dict[str, Any]) -> str:
     """What a result is about within its detector (a client, a feature, a class); "" for the whole model."""
     subject = evidence.get("subject") if isinstance(evidence, dict) else None
     return "" if subject is None else str(subject)
+
+
+def per_subject(result: ResultEvent) -> list[ResultEvent] | None:
+    """A failing result that names several subjects (``evidence["subjects"]``: the clients, groups or
+    classes a security detector flagged) as one result per subject, each with its own finding's
+    statistic, threshold and p-value; None for a result about the model as a whole.
+
+    Each subject gets its own alert (fingerprint), so two attacking clients are two alerts that fire and
+    resolve independently. At most MAX_SUBJECTS per window, most significant first as the detector
+    ordered them: a flood of flagged clients must not become a flood of alerts.
+    """
+    evidence = result.evidence if isinstance(result.evidence, dict) else {}
+    subjects = evidence.get("subjects")
+    if result.status != "alert" or not isinstance(subjects, list) or not subjects:
+        return None
+    findings = {
+        str(f.get("subject")): f
+        for f in evidence.get("findings", ())
+        if isinstance(f, dict) and "subject" in f
+    }
+    shared = {k: v for k, v in evidence.items() if k not in ("subjects", "findings")}
+    split = []
+    for subject in [str(s) for s in subjects][:MAX_SUBJECTS]:
+        finding = findings.get(subject, {})
+
+        def number(name: str, fallback: float | None, finding: dict[str, Any] = finding) -> float | None:
+            value = finding.get(name)
+            return (
+                float(value) if isinstance(value, int | float) and not isinstance(value, bool) else fallback
+            )
+
+        split.append(
+            replace(
+                result,
+                statistic=number("statistic", result.statistic),
+                threshold=number("threshold", result.threshold),
+                p_value=number("p_value", result.p_value),
+                evidence={**shared, **finding, "subject": subject, "subjects_flagged": len(subjects)},
+            )
+        )
+    return split
 
 
 def fingerprint(model: str, detector: str, subject: str) -> str:
@@ -411,12 +454,26 @@ class AlertEngine:
     def _apply(self, state: _Pass, result: ResultEvent, report: EngineReport) -> None:
         if result.status == "skipped":
             return
+        split = per_subject(result)
+        if split is not None:
+            for one in split:
+                self._failure(state, one, report)
+            # The detector tested every subject: for those it did not name, this window was clean.
+            flagged = {subject_of(one.evidence) for one in split}
+            self._clean(state, result, report, unless=flagged)
+            return
         if result.status == "alert":
             self._failure(state, result, report)
             return
-        # A clean window of this detector counts towards resolving each of its firing alerts on this model.
+        self._clean(state, result, report, unless=set())
+
+    def _clean(self, state: _Pass, result: ResultEvent, report: EngineReport, unless: set[str]) -> None:
+        """A clean window of this detector counts towards resolving each of its firing alerts on this model
+        (except those of the subjects in ``unless``, which failed in this window)."""
         for alert in [
-            a for a in state.firing.values() if a.model == result.model and a.detector == result.detector
+            a
+            for a in state.firing.values()
+            if a.model == result.model and a.detector == result.detector and a.subject not in unless
         ]:
             changed = observe_clean(alert, result.window_start, state.now, self.settings.resolve_after)
             if changed is None:
