@@ -1,0 +1,520 @@
+"""Label flipping: labelled events whose label disagrees with their nearest reference neighbours.
+
+An attacker who can write labels into the data that feeds retraining (``stream == "training"``) or into the
+feedback of live traffic flips some of them. A flipped label sits among reference events of another class:
+its ``k`` nearest reference neighbours vote for a different label. Clean data disagrees too (classes
+overlap), so the decision compares the window's share of disagreeing labels with the reference's own share:
+
+1. ``fit`` encodes the reference (standardised features through :class:`~detectors.encoding.FeatureSchema`,
+   or the logged embeddings, standardised per dimension, when every labelled reference event has one of
+   the same length), keeps at most ``max_reference`` labelled events (seeded subsample) and runs the
+   leave-one-out ``k``-nearest-neighbour vote on them: ``c`` of the ``m`` reference labels disagree with the
+   plurality label of their neighbours (ties go to the tied label with the nearest neighbour).
+2. ``evaluate`` votes every labelled window event among the ``k`` nearest *reference* events (never among
+   the window's own events, which an attacker controls), separately per ``stream``.
+3. Per stream, ``d`` disagreements among ``n`` labelled events are tested one-sided against the reference's
+   rate. The reference rate is an estimate from ``m`` events, so ``d`` is compared with the beta-binomial
+   predictive ``BetaBinomial(n, c + 1, m - c + 1)`` rather than with a binomial at ``c / m`` (which treats
+   the estimate as exact and raises false alarms for small references; see :mod:`detectors.anomaly.vae`).
+   The streams' p-values are Holm-corrected.
+
+Subjects are the flagged streams, ``"stream=training"`` or ``"stream=inference"``: the alert of a poisoned
+training feed keeps one fingerprint while the attack lasts, whatever classes the attacker flips from window to
+window. The class pairs an investigator needs (given label -> neighbours' label, with counts and the count the
+reference rate of that pair predicts) and the disagreeing event ids are in each finding.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from detectors.base import Batch, DetectionResult, Detector, Status, Threat, as_float_array
+from detectors.drift._stats import check_choice, check_float, check_int, plain
+from detectors.encoding import FeatureSchema
+from detectors.security._poisoning import beta_binomial_sf, bounded_ids, holm
+
+__all__ = ["LabelConsistencyDetector"]
+
+_STATE_VERSION = 1
+
+_SPACES = ("auto", "features", "embedding")
+
+# Default stream of an event whose stream is not logged (the contract's default).
+_DEFAULT_STREAM = "inference"
+
+# Window events are compared with the reference in chunks, bounding the (chunk, n_reference) distance matrix.
+_CHUNK = 2048
+
+# Separates the given label and the neighbours' label in the keys of the stored pair counts.
+_PAIR_SEPARATOR = "->"
+
+# Class pairs reported per finding.
+_TOP_PAIRS = 10
+
+
+def _neighbour_votes(
+    points: np.ndarray, reference: np.ndarray, reference_codes: np.ndarray, k: int, *, leave_one_out: bool
+) -> np.ndarray:
+    """The plurality label code of each point's ``k`` nearest reference points.
+
+    Ties between labels go to the tied label whose nearest member is closest; ties in distance to the lower
+    reference index (``argsort`` is stable), so the vote is deterministic. With ``leave_one_out``, ``points``
+    is ``reference`` itself and each point's own row is excluded.
+    """
+    n_classes = int(reference_codes.max()) + 1 if reference_codes.size else 0
+    votes = np.empty(points.shape[0], dtype=np.int64)
+    squared_reference = np.einsum("ij,ij->i", reference, reference)
+    for start in range(0, points.shape[0], _CHUNK):
+        chunk = points[start : start + _CHUNK]
+        distances = (
+            np.einsum("ij,ij->i", chunk, chunk)[:, None]
+            + squared_reference[None, :]
+            - 2.0 * chunk @ reference.T
+        )
+        if leave_one_out:
+            rows = np.arange(chunk.shape[0])
+            distances[rows, start + rows] = np.inf
+        # Sorting every row is simpler than argpartition + sort and costs little at these sizes.
+        nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        codes = reference_codes[nearest]  # (chunk, k), nearest first
+        counts = np.zeros((chunk.shape[0], n_classes), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(chunk.shape[0]), k), codes.ravel()), 1)
+        best = counts.max(axis=1, keepdims=True)
+        tied = counts == best
+        # Among tied labels, the one met first in the nearest-first neighbour list.
+        first_tied = np.argmax(tied[np.arange(chunk.shape[0])[:, None], codes], axis=1)
+        votes[start : start + chunk.shape[0]] = codes[np.arange(chunk.shape[0]), first_tied]
+    return votes
+
+
+class LabelConsistencyDetector(Detector):
+    """Flags streams whose labels disagree with their nearest reference neighbours more than the reference's.
+
+    Parameters
+    ----------
+    alpha
+        False-alarm rate per clean window, in (0, 0.5).
+    k
+        Neighbours that vote (>= 1).
+    min_labelled
+        A stream with fewer labelled events in a window is not tested (>= 1); ``fit`` needs ``k + 1``
+        labelled reference events at least.
+    max_reference
+        Labelled reference events kept as neighbours, a seeded subsample beyond that (>= 2).
+    space
+        ``"auto"`` (embeddings when every labelled reference event has one, else features), ``"features"``
+        or ``"embedding"``.
+    seed
+        Seed of the reference subsample (>= 0).
+
+    Notes
+    -----
+    ``statistic`` is the disagreeing share of the most significant stream, ``threshold`` the share at which
+    that stream would alert (None if none), ``p_value`` its Holm-adjusted p-value. ``evidence``:
+    ``reference_share`` (``c / m``), ``n_reference``, ``space``, ``k``, ``streams`` (per tested stream:
+    labelled events, disagreements, share, p-value), ``subjects`` (flagged streams, most significant first)
+    and ``findings`` (per flagged stream: ``subject``, ``statistic`` (share), ``p_value``, ``threshold``,
+    ``reference_value`` (reference share), ``n_labelled``, ``disagreements``, ``expected`` (count the
+    reference share predicts), ``pairs`` (given -> voted label, ``count`` and ``expected``, largest excess
+    first) and ``event_ids`` (up to 20 disagreeing events, those whose pair has the largest excess first)).
+    """
+
+    id: ClassVar[str] = "label_consistency"
+    threat: ClassVar[Threat] = Threat.INTEGRITY
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.01,
+        k: int = 10,
+        min_labelled: int = 30,
+        max_reference: int = 2000,
+        space: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.k = check_int("k", k, 1)
+        self.min_labelled = check_int("min_labelled", min_labelled, 1)
+        self.max_reference = check_int("max_reference", max_reference, 2)
+        self.space = check_choice("space", space, _SPACES)
+        self.seed = check_int("seed", seed, 0)
+
+        self._space: str | None = None  # the resolved space
+        self._schema: FeatureSchema | None = None
+        self._mean = np.empty(0, dtype=np.float64)  # embedding standardisation
+        self._std = np.empty(0, dtype=np.float64)
+        self._points = np.empty((0, 0), dtype=np.float64)  # the reference neighbours
+        self._classes: tuple[str, ...] = ()
+        self._codes = np.empty(0, dtype=np.int64)  # class index of each reference neighbour
+        self._disagreements = 0  # c: leave-one-out disagreements among the neighbours
+        self._pair_counts: dict[str, int] = {}  # "given->voted" -> count, leave-one-out
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-serialisable)."""
+        return {
+            "alpha": self.alpha,
+            "k": self.k,
+            "min_labelled": self.min_labelled,
+            "max_reference": self.max_reference,
+            "space": self.space,
+            "seed": self.seed,
+        }
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the detector has been fitted (or loaded) and can evaluate."""
+        return self._space is not None
+
+    @property
+    def reference_share(self) -> float:
+        """The leave-one-out disagreeing share of the reference labels."""
+        self._require_fitted()
+        return self._disagreements / self._codes.size
+
+    @property
+    def resolved_space(self) -> str:
+        """``"features"`` or ``"embedding"``, as decided at ``fit``."""
+        return self._require_fitted()
+
+    def _require_fitted(self) -> str:
+        if self._space is None:
+            raise self._not_fitted()
+        return self._space
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, reference: Batch) -> Self:
+        """Keep the labelled reference events as neighbours and measure their own disagreement rate.
+
+        Parameters
+        ----------
+        reference
+            The reference events; ``labels`` and ``features`` (or ``embeddings``) are used.
+
+        Returns
+        -------
+        LabelConsistencyDetector
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If the reference has fewer than ``k + 1`` labelled events, or ``space="embedding"`` and a
+            labelled reference event has no embedding (or embeddings of different lengths).
+        """
+        labelled = [i for i, label in enumerate(reference.labels) if label is not None]
+        if len(labelled) < self.k + 1:
+            raise ValueError(
+                f"{self.id}: the reference has {len(labelled)} labelled events, at least "
+                f"k + 1 = {self.k + 1} are needed"
+            )
+        if len(labelled) > self.max_reference:
+            rng = np.random.default_rng(self.seed)
+            labelled = sorted(int(i) for i in rng.choice(labelled, self.max_reference, replace=False))
+        embeddings_usable = _all_embeddings(reference, labelled)
+        if self.space == "embedding" and not embeddings_usable:
+            raise ValueError(
+                f"{self.id}: space='embedding' but some labelled reference events have no embedding "
+                "(or embeddings of different lengths)"
+            )
+        space = (
+            "embedding"
+            if self.space == "embedding" or (self.space == "auto" and embeddings_usable)
+            else "features"
+        )
+        self._schema = None
+        if space == "embedding":
+            raw = as_float_array([reference.embeddings[i] for i in labelled])  # type: ignore[misc]
+            self._mean = raw.mean(axis=0)
+            std = raw.std(axis=0)
+            # A constant dimension carries no distance information; dividing by 1 keeps it harmlessly zero.
+            self._std = np.where(std > 0, std, 1.0)
+            points = (raw - self._mean) / self._std
+        else:
+            if len(reference.features) != len(reference):
+                raise ValueError(f"{self.id}: the reference has no features")
+            features = [reference.features[i] for i in labelled]
+            self._schema = FeatureSchema.fit(features)
+            points = self._schema.encode(features).astype(np.float64)
+            self._mean = np.empty(0, dtype=np.float64)
+            self._std = np.empty(0, dtype=np.float64)
+        labels = [str(reference.labels[i]) for i in labelled]
+        self._classes = tuple(sorted(set(labels)))
+        index = {cls: j for j, cls in enumerate(self._classes)}
+        self._codes = np.array([index[label] for label in labels], dtype=np.int64)
+        self._points = points
+        votes = _neighbour_votes(points, points, self._codes, self.k, leave_one_out=True)
+        wrong = np.flatnonzero(votes != self._codes)
+        self._disagreements = int(wrong.size)
+        pairs = Counter(
+            f"{self._classes[self._codes[i]]}{_PAIR_SEPARATOR}{self._classes[votes[i]]}" for i in wrong
+        )
+        self._pair_counts = dict(sorted(pairs.items()))
+        self._space = space
+        return self
+
+    # ------------------------------------------------------------------ testing a window
+
+    def _encode(self, window: Batch, rows: Sequence[int]) -> np.ndarray | None:
+        """The window's labelled events in the neighbours' space; None if the space's input is missing."""
+        if self._space == "embedding":
+            if not _all_embeddings(window, rows):
+                return None
+            raw = as_float_array([window.embeddings[i] for i in rows])  # type: ignore[misc]
+            if raw.shape[1] != self._mean.size:
+                return None
+            return (raw - self._mean) / self._std
+        if self._schema is None or len(window.features) != len(window):
+            return None
+        return self._schema.encode([window.features[i] for i in rows]).astype(np.float64)
+
+    def evaluate(self, window: Batch) -> DetectionResult:
+        """Test, per stream, whether the window's labels disagree with their neighbours too often.
+
+        Parameters
+        ----------
+        window
+            The events of one window; ``labels``, ``streams``, ``event_ids`` and ``features`` (or
+            ``embeddings``) are used.
+
+        Returns
+        -------
+        DetectionResult
+            See the class docstring.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector has not been fitted or loaded.
+        """
+        space = self._require_fitted()
+        n = len(window)
+        labelled = [i for i, label in enumerate(window.labels) if label is not None]
+        if len(labelled) < self.min_labelled:
+            return self.skipped(n, f"too few labelled events: {len(labelled)} < {self.min_labelled}")
+        points = self._encode(window, labelled)
+        if points is None:
+            what = "an embedding of the reference's length" if space == "embedding" else "features"
+            return self.skipped(n, f"some labelled events lack {what}, which the neighbour vote needs")
+        votes = _neighbour_votes(points, self._points, self._codes, self.k, leave_one_out=False)
+        index = {cls: j for j, cls in enumerate(self._classes)}
+        given = [str(window.labels[i]) for i in labelled]
+        # A label unseen in the reference disagrees with every neighbour.
+        disagree = np.array([index.get(label, -1) != vote for label, vote in zip(given, votes, strict=True)])
+
+        by_stream: dict[str, list[int]] = {}
+        for position, row in enumerate(labelled):
+            stream = str(window.streams[row]) if len(window.streams) == n else _DEFAULT_STREAM
+            by_stream.setdefault(stream, []).append(position)
+        tested = {
+            stream: rows for stream, rows in sorted(by_stream.items()) if len(rows) >= self.min_labelled
+        }
+        if not tested:
+            found = ", ".join(f"{stream}: {len(rows)}" for stream, rows in sorted(by_stream.items()))
+            return self.skipped(
+                n, f"no stream has min_labelled={self.min_labelled} labelled events ({found})"
+            )
+
+        m = self._codes.size
+        c = self._disagreements
+        streams = list(tested)
+        counts = [int(disagree[tested[s]].sum()) for s in streams]
+        sizes = [len(tested[s]) for s in streams]
+        raw_p = [beta_binomial_sf(d, size, c, m) for d, size in zip(counts, sizes, strict=True)]
+        adjusted = holm(raw_p)
+        order = sorted(range(len(streams)), key=lambda j: (adjusted[j], raw_p[j], streams[j]))
+        flagged = [j for j in order if adjusted[j] <= self.alpha]
+        best = order[0]
+        # Holm's first step is Bonferroni: the most significant stream alerts iff raw p <= alpha / #streams.
+        critical = _critical_count(sizes[best], c, m, self.alpha / len(streams))
+
+        findings = []
+        for j in flagged:
+            positions = tested[streams[j]]
+            findings.append(
+                self._finding(
+                    f"stream={streams[j]}",
+                    window,
+                    [labelled[p] for p in positions],
+                    [given[p] for p in positions],
+                    votes[positions],
+                    disagree[positions],
+                    float(adjusted[j]),
+                    _critical_count(sizes[j], c, m, self.alpha / len(streams)),
+                )
+            )
+        reference_share = c / m
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if flagged else Status.OK,
+            n_events=n,
+            statistic=counts[best] / sizes[best],
+            threshold=None if critical is None else critical / sizes[best],
+            p_value=float(adjusted[best]),
+            evidence={
+                "reference_share": plain(reference_share),
+                "n_reference": m,
+                "space": space,
+                "k": self.k,
+                "streams": {
+                    streams[j]: {
+                        "n_labelled": sizes[j],
+                        "disagreements": counts[j],
+                        "share": plain(counts[j] / sizes[j]),
+                        "p_value": plain(adjusted[j]),
+                    }
+                    for j in order
+                },
+                "subjects": [finding["subject"] for finding in findings],
+                "findings": findings,
+            },
+        )
+
+    def _finding(
+        self,
+        subject: str,
+        window: Batch,
+        rows: Sequence[int],
+        given: Sequence[str],
+        votes: np.ndarray,
+        disagree: np.ndarray,
+        p_value: float,
+        critical: int | None,
+    ) -> dict[str, Any]:
+        """The evidence of one flagged stream: its share, the class pairs involved and the suspicious ids."""
+        m = self._codes.size
+        n_labelled = len(rows)
+        wrong = np.flatnonzero(disagree)
+        pairs: dict[str, list[int]] = {}
+        for i in wrong:
+            pairs.setdefault(f"{given[i]}{_PAIR_SEPARATOR}{self._classes[votes[i]]}", []).append(int(i))
+        expected = {pair: n_labelled * self._pair_counts.get(pair, 0) / m for pair in pairs}
+        ranked = sorted(pairs, key=lambda pair: (-(len(pairs[pair]) - expected[pair]), pair))
+        suspicious = [rows[i] for pair in ranked for i in pairs[pair]]
+        return {
+            "subject": subject,
+            "statistic": plain(wrong.size / n_labelled),
+            "p_value": plain(p_value),
+            "threshold": None if critical is None else plain(critical / n_labelled),
+            "reference_value": plain(self._disagreements / m),
+            "n_labelled": n_labelled,
+            "disagreements": int(wrong.size),
+            "expected": plain(n_labelled * self._disagreements / m),
+            "pairs": [
+                {"pair": pair, "count": len(pairs[pair]), "expected": plain(expected[pair])}
+                for pair in ranked[:_TOP_PAIRS]
+            ],
+            "event_ids": bounded_ids(window.event_ids, suspicious),
+        }
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference neighbours, their labels, the encoding and the reference disagreement counts.
+
+        Raises
+        ------
+        NotFittedError
+            If there is nothing to save yet.
+        """
+        space = self._require_fitted()
+        return {
+            "version": _STATE_VERSION,
+            "space": space,
+            "k": self.k,
+            "schema": None if self._schema is None else self._schema.state_dict(),
+            "mean": self._mean.copy(),
+            "std": self._std.copy(),
+            "points": self._points.copy(),
+            "classes": list(self._classes),
+            "codes": self._codes.copy(),
+            "disagreements": self._disagreements,
+            "pair_counts": dict(self._pair_counts),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
+        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
+
+        Raises
+        ------
+        ValueError
+            If the state is malformed, of another version, or does not match this detector's parameters.
+        """
+        try:
+            version = state["version"]
+            space = str(state["space"])
+            k = int(state["k"])
+            schema = None if state["schema"] is None else FeatureSchema.from_state(state["schema"])
+            mean = np.asarray(state["mean"], dtype=np.float64)
+            std = np.asarray(state["std"], dtype=np.float64)
+            points = np.asarray(state["points"], dtype=np.float64)
+            classes = tuple(str(cls) for cls in state["classes"])
+            codes = np.asarray(state["codes"], dtype=np.int64)
+            disagreements = int(state["disagreements"])
+            pair_counts = {str(pair): int(count) for pair, count in dict(state["pair_counts"]).items()}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
+            )
+        if space not in ("features", "embedding") or (self.space != "auto" and space != self.space):
+            raise ValueError(
+                f"{self.id}: the state is for space {space!r}, this detector has space={self.space!r}"
+            )
+        if k != self.k:
+            raise ValueError(f"{self.id}: the state was fitted with k={k}, this detector has k={self.k}")
+        if (
+            points.ndim != 2
+            or codes.shape != (points.shape[0],)
+            or codes.size <= k
+            or (codes.size and not 0 <= codes.min() <= codes.max() < len(classes))
+            or not 0 <= disagreements <= codes.size
+            or (space == "features") != (schema is not None)
+            or (space == "embedding" and not (mean.shape == std.shape == (points.shape[1],)))
+        ):
+            raise ValueError(f"{self.id}: malformed state: inconsistent neighbours, labels or encoding")
+        self._space = space
+        self._schema = schema
+        self._mean = mean.copy()
+        self._std = std.copy()
+        self._points = points.copy()
+        self._classes = classes
+        self._codes = codes.copy()
+        self._disagreements = disagreements
+        self._pair_counts = pair_counts
+        return self
+
+
+def _all_embeddings(batch: Batch, rows: Sequence[int]) -> bool:
+    """Whether every event at ``rows`` has a non-empty embedding, all of one length."""
+    if len(batch.embeddings) != len(batch) or not rows:
+        return False
+    lengths = set()
+    for i in rows:
+        embedding = batch.embeddings[i]
+        if embedding is None or len(embedding) == 0:
+            return False
+        lengths.add(len(embedding))
+    return len(lengths) == 1
+
+
+def _critical_count(n: int, successes: int, trials: int, level: float) -> int | None:
+    """Smallest disagreement count among ``n`` whose beta-binomial tail is ``<= level`` (None: none is)."""
+    if beta_binomial_sf(n, n, successes, trials) > level:
+        return None
+    low, high = 0, n  # sf(high) <= level; the tail decreases with the count
+    while high - low > 1:
+        middle = (low + high) // 2
+        if beta_binomial_sf(middle, n, successes, trials) <= level:
+            high = middle
+        else:
+            low = middle
+    return high if beta_binomial_sf(low, n, successes, trials) > level else low
