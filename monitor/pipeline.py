@@ -32,8 +32,10 @@ from monitor.windows import OffsetFloor, Position, TopicPartition, Window, windo
 from storage import (
     AnomalyRow,
     DeadLetterIn,
+    DetectorStateRow,
     EventRow,
     ResultRow,
+    StorageUnavailable,
     Store,
     StoredWindow,
     WindowRecord,
@@ -97,6 +99,10 @@ class ModelRuntime:
     # Per detector, whether each of its last n tested windows failed (for the persistence rule).
     history: dict[str, deque[bool]] = field(default_factory=dict)
     duplicates: int = 0
+    # Set on a rebalance: another replica may have stored windows of this model meanwhile, so the learned
+    # state of stateful detectors and the persistence history are re-read from the store before the next
+    # window is evaluated.
+    stale: bool = False
 
 
 @dataclass
@@ -354,6 +360,7 @@ class Pipeline:
         with self._lock:
             for runtime in self._models.values():
                 runtime.windows.clear()
+                runtime.stale = runtime.phase is ModelPhase.READY
                 # Partitions we gave up would hold event time back for good; the re-read rebuilds the marks.
                 runtime.partition_marks.clear()
                 if runtime.reference_id is None:
@@ -415,6 +422,21 @@ class Pipeline:
             closed.isoformat() if closed else "never",
         )
         return runtime
+
+    def _resync(self, runtime: ModelRuntime) -> None:
+        """Re-read what another replica may have advanced while it owned this model's partitions."""
+        assert runtime.reference_id is not None
+        for detector_id, detector in runtime.detectors.items():
+            if not detector.stateful:
+                continue
+            saved = self.store.load_detector_state(
+                runtime.name, detector_id, runtime.reference_id, runtime.settings.params_hash(detector_id)
+            )
+            if saved is not None:
+                detector.load_state_dict(load_state(saved))
+        runtime.history.clear()
+        self._load_history(runtime)
+        runtime.stale = False
 
     def _load_history(self, runtime: ModelRuntime) -> None:
         """Rebuild the persistence history from the stored results, so a restart keeps counting."""
@@ -531,7 +553,13 @@ class Pipeline:
                 runtime.closing.remove(window)
                 return None
         started = time.perf_counter()
+        if runtime.stale:
+            self._resync(runtime)
+        stateful = {d: det for d, det in runtime.detectors.items() if det.stateful}
+        # Serialised, not referenced: a detector may update its arrays in place while evaluating.
+        before = {d: dump_state(det.state_dict()) for d, det in stateful.items()}
         results = self._evaluate(runtime, window)
+        assert runtime.reference_id is not None
         record = WindowRecord(
             model=runtime.name,
             start=_utc(window.start),
@@ -553,8 +581,21 @@ class Pipeline:
             results=[_result_row(result) for result in results],
             anomalies=self._anomalies(runtime, window, results),
             closed_at=_utc(self.clock()),
+            detector_states=[
+                DetectorStateRow(
+                    d, runtime.reference_id, runtime.settings.params_hash(d), dump_state(det.state_dict())
+                )
+                for d, det in stateful.items()
+            ],
         )
-        stored = self.store.store_window(record)
+        try:
+            stored = self.store.store_window(record)
+        except StorageUnavailable:
+            # The window is evaluated again when the database is back: its events must not enter the
+            # stateful detectors' histories twice.
+            for d, det in stateful.items():
+                det.load_state_dict(load_state(before[d]))
+            raise
         self.window_seconds.observe(time.perf_counter() - started, runtime.name)
         with self._lock:
             runtime.closing.remove(window)

@@ -7,7 +7,7 @@ datetime fails where it is made rather than deep inside a transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -104,6 +104,16 @@ class AnomalyRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorStateRow:
+    """A stateful detector's learned state after evaluating a window (per-client histories, ...)."""
+
+    detector: str
+    reference_id: int
+    params_hash: str
+    state: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class WindowRecord:
     """Everything the monitor knows about one closed window, stored in one transaction."""
 
@@ -116,6 +126,8 @@ class WindowRecord:
     anomalies: Sequence[AnomalyRow]
     closed_at: datetime
     n_events: int | None = None  # None -> len(events)
+    # Saved in the window's transaction: a restart resumes from the state that produced the stored results.
+    detector_states: Sequence[DetectorStateRow] = ()
 
     def __post_init__(self) -> None:
         require_aware(self.start, "WindowRecord.start")

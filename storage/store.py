@@ -45,6 +45,7 @@ from storage.records import (
     AnomalyRecord,
     DeadLetter,
     DeadLetterIn,
+    DetectorStateRow,
     EventRow,
     ReferenceRecord,
     ResultRow,
@@ -55,6 +56,12 @@ from storage.records import (
     require_aware,
 )
 from storage.session import EngineBound, check_limit, check_name
+
+
+def _check_state_row(row: DetectorStateRow) -> None:
+    check_name(row.detector, "detector", orm.DETECTOR_NAME_LENGTH)
+    check_name(row.params_hash, "params_hash", orm.HASH_LENGTH)
+
 
 __all__ = ["DEFAULT_MAX_DEAD_LETTER_BYTES", "IN_CHUNK", "Store"]
 
@@ -242,29 +249,32 @@ class Store(EngineBound):
         self, model: str, detector: str, reference_id: int, params_hash: str, state: bytes
     ) -> None:
         """Store a fitted detector's state, replacing any state under the same key."""
-        check_name(detector, "detector", orm.DETECTOR_NAME_LENGTH)
-        check_name(params_hash, "params_hash", orm.HASH_LENGTH)
+        row = DetectorStateRow(detector, int(reference_id), params_hash, bytes(state))
+        _check_state_row(row)
         with self._transaction("storing detector state", write=True) as session:
             self._ensure_model(session, model)
-            stmt = self._upsert(session, DETECTOR_STATES).values(
-                model=model,
-                detector=detector,
-                reference_id=int(reference_id),
-                params_hash=params_hash,
-                state=bytes(state),
-                created_at=orm.utcnow(),
+            self._upsert_state(session, model, row)
+
+    def _upsert_state(self, session: Session, model: str, row: DetectorStateRow) -> None:
+        stmt = self._upsert(session, DETECTOR_STATES).values(
+            model=model,
+            detector=row.detector,
+            reference_id=row.reference_id,
+            params_hash=row.params_hash,
+            state=row.state,
+            created_at=orm.utcnow(),
+        )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[
+                    DETECTOR_STATES.c.model,
+                    DETECTOR_STATES.c.detector,
+                    DETECTOR_STATES.c.reference_id,
+                    DETECTOR_STATES.c.params_hash,
+                ],
+                set_={"state": stmt.excluded.state, "created_at": stmt.excluded.created_at},
             )
-            session.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[
-                        DETECTOR_STATES.c.model,
-                        DETECTOR_STATES.c.detector,
-                        DETECTOR_STATES.c.reference_id,
-                        DETECTOR_STATES.c.params_hash,
-                    ],
-                    set_={"state": stmt.excluded.state, "created_at": stmt.excluded.created_at},
-                )
-            )
+        )
 
     def load_detector_state(
         self, model: str, detector: str, reference_id: int, params_hash: str
@@ -327,6 +337,8 @@ class Store(EngineBound):
         * ``models.last_window_end`` becomes the later of its value and ``record.end``.
         """
         # Validate and convert everything before the transaction: a bad record fails at once.
+        for state_row in record.detector_states:
+            _check_state_row(state_row)
         results = _result_values(record)
         anomaly_values = _anomaly_values(record)
         with self._transaction("storing a window", write=True) as session:
@@ -393,6 +405,8 @@ class Store(EngineBound):
                     session.execute(delete(PENDING).where(PENDING.c.model == record.model, is_one_of))
 
             self._replace_results(session, window_id, record, results)
+            for state_row in record.detector_states:
+                self._upsert_state(session, record.model, state_row)
             session.execute(delete(ANOMALIES).where(ANOMALIES.c.window_id == window_id))
             if anomaly_values:
                 session.execute(insert(ANOMALIES), [{**v, "window_id": window_id} for v in anomaly_values])

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import storage
 from storage import (
     AnomalyRow,
     DeadLetterIn,
+    DetectorStateRow,
     EventRow,
     ResultRow,
     StorageError,
@@ -495,6 +497,24 @@ def test_references_and_detector_state_are_idempotent(store: Store) -> None:
     assert store.load_detector_state("m", "ks", r1, "p" * 64) == b"state-2"
     assert store.load_detector_state("m", "ks", r2, "p" * 64) == b"state-r2"
     assert store.load_detector_state("m", "ks", r1, "q" * 64) is None
+
+
+def test_stateful_detector_state_is_stored_with_its_window_or_not_at_all(store: Store) -> None:
+    r1 = store.save_reference("m", "warmup", "a" * 64, b"ref", 10)
+    store.save_detector_state("m", "extraction", r1, "p" * 64, b"fitted")
+    first = replace(
+        window(events=events("a", 3)), detector_states=[DetectorStateRow("extraction", r1, "p" * 64, b"w1")]
+    )
+    store.store_window(first)
+    assert store.load_detector_state("m", "extraction", r1, "p" * 64) == b"w1"
+    # A window that fails to store (here: an event row too long for its column) leaves the state as it was.
+    bad = replace(
+        window(T0 + MINUTE, events=[ev("x" * 10_000, T0 + MINUTE)]),
+        detector_states=[DetectorStateRow("extraction", r1, "p" * 64, b"w2")],
+    )
+    with pytest.raises((ValueError, StorageError)):
+        store.store_window(bad)
+    assert store.load_detector_state("m", "extraction", r1, "p" * 64) == b"w1"
 
 
 def test_ensure_model_and_closed_until(store: Store) -> None:
