@@ -103,6 +103,7 @@ class ModelRuntime:
     # state of stateful detectors and the persistence history are re-read from the store before the next
     # window is evaluated.
     stale: bool = False
+    spread_warned: bool = False  # logged once that the model's events come from several partitions
 
 
 @dataclass
@@ -209,6 +210,17 @@ class Pipeline:
                     event.model, start, start + length, settings.max_window_sample
                 )
             target.add(event, late=late, position=position)
+            new_partition = position.tp not in runtime.partition_marks
+            if new_partition and runtime.partition_marks and not runtime.spread_warned:
+                # One replica handles this fine; with several, two replicas would each store part of the same
+                # window (counts stay exact, but each evaluates only its share). Say so once.
+                runtime.spread_warned = True
+                log.warning(
+                    "model %s: events arrive on more than one partition (%s); with several replicas, key "
+                    "events by model id so that one replica owns each model's windows",
+                    runtime.name,
+                    ", ".join(f"{topic}[{part}]" for topic, part in (*runtime.partition_marks, position.tp)),
+                )
             mark = runtime.partition_marks.get(position.tp, float("-inf"))
             if event.timestamp > mark:
                 runtime.partition_marks[position.tp] = event.timestamp
