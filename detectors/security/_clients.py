@@ -1,0 +1,287 @@
+"""Bounded per-client query histories, and the distance and calibration helpers of the per-client detectors.
+
+``extraction`` and ``probing`` judge a client by its queries over time, so they keep, per client id, the most
+recent encoded queries (and one number per query, such as PRADA's minimum distance). Client ids come from the
+traffic and are unbounded in number: :class:`ClientHistories` keeps at most ``max_clients`` of them (least
+recently active evicted first), at most ``max_history`` queries and values per client, and forgets a client
+that has sent nothing for ``idle_expiry`` seconds of *event* time. Its memory is therefore bounded by
+``max_clients * max_history * (dim * 4 + 8)`` bytes plus a small per-client overhead, whatever the traffic.
+
+The state is saved as a few concatenated numpy arrays plus a JSON list of client ids (no pickle), in LRU
+order, so that a restored store evicts and expires exactly as the original would have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Batch
+
+__all__ = [
+    "ClientHistories",
+    "ClientHistory",
+    "ClientQueries",
+    "earlier_distances",
+    "group_by_client",
+    "pseudo_client_streams",
+    "robust_z",
+]
+
+
+@dataclass
+class ClientHistory:
+    """What is remembered of one client."""
+
+    queries: np.ndarray
+    """float32, shape ``(m, dim)``: the client's last ``m <= max_history`` encoded queries, oldest first."""
+    values: np.ndarray
+    """float64, shape ``(v,)``: one number per query oldest first, ``v <= max_history``."""
+    n_queries: int
+    """All queries ever seen from the client while it was remembered (not bounded)."""
+    last_seen: float
+    """Event time (epoch seconds) of the client's latest query."""
+
+
+class ClientHistories:
+    """An LRU map of client id -> :class:`ClientHistory`, bounded in clients, queries and idle time.
+
+    Parameters
+    ----------
+    dim
+        Width of an encoded query (>= 1).
+    max_clients
+        Clients remembered at most (>= 1); the least recently updated one is evicted first.
+    max_history
+        Queries (and values) kept per client at most (>= 1); the oldest are dropped first.
+    idle_expiry
+        A client with no query for this many seconds of event time is forgotten (> 0).
+    """
+
+    def __init__(self, dim: int, *, max_clients: int, max_history: int, idle_expiry: float) -> None:
+        self.dim = dim
+        self.max_clients = max_clients
+        self.max_history = max_history
+        self.idle_expiry = idle_expiry
+        self._clients: OrderedDict[str, ClientHistory] = OrderedDict()
+        self.evicted = 0  # clients dropped because the store was full (since creation or load)
+        self.expired = 0  # clients dropped because they were idle
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._clients
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._clients)
+
+    def get(self, client: str) -> ClientHistory | None:
+        """The client's history, None if not (or no longer) remembered. Leaves the LRU order alone."""
+        return self._clients.get(client)
+
+    def empty_queries(self) -> np.ndarray:
+        """A zero-row query matrix of the store's width (the history of a new client)."""
+        return np.empty((0, self.dim), dtype=np.float32)
+
+    @property
+    def n_rows(self) -> int:
+        """Queries stored over all clients."""
+        return sum(history.queries.shape[0] for history in self._clients.values())
+
+    def update(self, client: str, queries: np.ndarray, values: np.ndarray, last_seen: float) -> ClientHistory:
+        """Append a client's new queries and values, mark it most recently used, evict beyond ``max_clients``.
+
+        Parameters
+        ----------
+        client
+            The client id.
+        queries
+            float32, shape ``(n, dim)``: the new queries, oldest first.
+        values
+            float64, shape ``(v,)``: the new per-query values (may be shorter than ``n``, e.g. PRADA has no
+            distance for a client's first query).
+        last_seen
+            Event time of the latest of the new queries.
+
+        Returns
+        -------
+        ClientHistory
+            The client's updated history.
+        """
+        previous = self._clients.pop(client, None)
+        if previous is None:
+            stored_queries, stored_values, count, seen = self.empty_queries(), np.empty(0), 0, -math.inf
+        else:
+            stored_queries, stored_values = previous.queries, previous.values
+            count, seen = previous.n_queries, previous.last_seen
+        history = ClientHistory(
+            # np.array copies: a slice of the concatenation would keep the whole concatenation alive.
+            queries=np.array(
+                np.concatenate([stored_queries, queries])[-self.max_history :], dtype=np.float32
+            ),
+            values=np.array(np.concatenate([stored_values, values])[-self.max_history :], dtype=np.float64),
+            n_queries=count + int(queries.shape[0]),
+            last_seen=max(seen, float(last_seen)),
+        )
+        self._clients[client] = history
+        while len(self._clients) > self.max_clients:
+            self._clients.popitem(last=False)
+            self.evicted += 1
+        return history
+
+    def expire(self, now: float) -> int:
+        """Forget clients idle for more than ``idle_expiry`` seconds before ``now``; returns how many."""
+        cutoff = now - self.idle_expiry
+        idle = [client for client, history in self._clients.items() if history.last_seen < cutoff]
+        for client in idle:
+            del self._clients[client]
+        self.expired += len(idle)
+        return len(idle)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The store as concatenated numpy arrays and a JSON list of client ids, in LRU order."""
+        histories = list(self._clients.values())
+        return {
+            "clients": list(self._clients),
+            "last_seen": np.array([h.last_seen for h in histories], dtype=np.float64),
+            "n_queries": np.array([h.n_queries for h in histories], dtype=np.int64),
+            "query_counts": np.array([h.queries.shape[0] for h in histories], dtype=np.int64),
+            "value_counts": np.array([h.values.shape[0] for h in histories], dtype=np.int64),
+            "queries": np.concatenate([h.queries for h in histories]) if histories else self.empty_queries(),
+            "values": np.concatenate([h.values for h in histories]) if histories else np.empty(0),
+            "evicted": self.evicted,
+            "expired": self.expired,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a store saved by :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the state is malformed or does not fit this store's ``dim`` and bounds.
+        """
+        try:
+            clients = [str(client) for client in state["clients"]]
+            last_seen = np.asarray(state["last_seen"], dtype=np.float64)
+            n_queries = np.asarray(state["n_queries"], dtype=np.int64)
+            query_counts = np.asarray(state["query_counts"], dtype=np.int64)
+            value_counts = np.asarray(state["value_counts"], dtype=np.int64)
+            queries = np.asarray(state["queries"], dtype=np.float32)
+            values = np.asarray(state["values"], dtype=np.float64)
+            evicted, expired = int(state["evicted"]), int(state["expired"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed client history state: {error!r}") from error
+        n = len(clients)
+        if any(a.shape != (n,) for a in (last_seen, n_queries, query_counts, value_counts)):
+            raise ValueError(f"malformed client history state: per-client arrays do not have {n} entries")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"client history state has queries of shape {queries.shape}, expected (*, {self.dim})"
+            )
+        if queries.shape[0] != query_counts.sum() or values.shape != (value_counts.sum(),):
+            raise ValueError("malformed client history state: counts do not match the stored rows")
+        if n > self.max_clients or (n and max(query_counts.max(), value_counts.max()) > self.max_history):
+            raise ValueError(
+                f"client history state holds {n} clients / up to {query_counts.max(initial=0)} queries per "
+                f"client, beyond this store's max_clients={self.max_clients}, max_history={self.max_history}"
+            )
+        query_ends, value_ends = np.cumsum(query_counts), np.cumsum(value_counts)
+        self._clients = OrderedDict()
+        for i, client in enumerate(clients):
+            self._clients[client] = ClientHistory(
+                queries=queries[query_ends[i] - query_counts[i] : query_ends[i]].copy(),
+                values=values[value_ends[i] - value_counts[i] : value_ends[i]].copy(),
+                n_queries=int(n_queries[i]),
+                last_seen=float(last_seen[i]),
+            )
+        self.evicted, self.expired = evicted, expired
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class ClientQueries:
+    """One client's queries in a window, in event-time order."""
+
+    client: str
+    rows: np.ndarray  # int, positions in the window
+    last_seen: float
+
+
+def group_by_client(window: Batch) -> list[ClientQueries]:
+    """The window's events grouped by client id, each group in event-time order (events without id ignored).
+
+    Clients come in the order of their latest event (ties by id), so that the LRU order of a store updated
+    in this order follows event time.
+    """
+    timestamps = np.asarray(window.timestamps, dtype=np.float64)
+    order = np.argsort(timestamps, kind="stable")
+    rows: dict[str, list[int]] = {}
+    for i in order:
+        client = window.client_ids[i]
+        if client is not None:
+            rows.setdefault(str(client), []).append(int(i))
+    groups = [
+        ClientQueries(client, np.array(r, dtype=np.intp), float(timestamps[r[-1]]))
+        for client, r in rows.items()
+    ]
+    groups.sort(key=lambda g: (g.last_seen, g.client))
+    return groups
+
+
+def earlier_distances(history: np.ndarray, new: np.ndarray, max_history: int) -> np.ndarray:
+    """Euclidean distances from each new query to the client's queries before it, ``inf`` elsewhere.
+
+    Parameters
+    ----------
+    history
+        float32 ``(h, dim)``: the client's stored queries, oldest first.
+    new
+        float32 ``(n, dim)``: the client's new queries, oldest first.
+    max_history
+        Only the ``max_history`` queries right before a new query count as "earlier" (the store's bound, so
+        that distances do not depend on whether the earlier queries arrived in this window or a former one).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(n, h + n)``; entry ``(j, i)`` is the distance of new query ``j`` to query ``i`` of
+        ``[history; new]`` when ``i`` is one of its ``max_history`` predecessors, else ``inf``.
+    """
+    pool = np.concatenate([history, new]).astype(np.float64)
+    x = new.astype(np.float64)
+    squared = (x * x).sum(axis=1)[:, None] + (pool * pool).sum(axis=1)[None, :] - 2.0 * (x @ pool.T)
+    distances = np.sqrt(np.maximum(squared, 0.0))
+    h, n = history.shape[0], new.shape[0]
+    position = h + np.arange(n)[:, None]  # each new query's index in the pool
+    index = np.arange(h + n)[None, :]
+    distances[(index >= position) | (index < position - max_history)] = np.inf
+    return distances
+
+
+def pseudo_client_streams(n_reference: int, n_streams: int, length: int, seed: int) -> list[np.ndarray]:
+    """Seeded random orders of reference rows: benign pseudo-clients sending ``length`` distinct rows each."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n_reference)[:length] for _ in range(n_streams)]
+
+
+def robust_z(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Robust z-scores ``(x - median) / (1.4826 MAD)`` of the clients' query counts (0 where MAD is 0)."""
+    x = np.asarray(counts, dtype=np.float64)
+    if x.size == 0:
+        return x
+    median = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - median))
+    if mad == 0:
+        return np.zeros_like(x)
+    return (x - median) / mad

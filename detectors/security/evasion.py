@@ -1,0 +1,407 @@
+"""Evasion by one client: inputs unlike the reference that the model still answers with conviction.
+
+An evasion attacker sends inputs pushed off the data distribution (features out of their reference range,
+adversarial perturbations) and keeps those the model answers the way it wants. Two footprints show in the
+traffic: the inputs are *anomalous* (a VAE trained on the reference reconstructs them badly) and the model's
+answer is either *confident* (the attack succeeded: a wrong class with a high score) or a *near tie* (the
+attacker is walking along the decision boundary). Benign inputs are rarely anomalous, and anomalous benign
+inputs (sensor glitches) are no more confident than usual.
+
+An event is *suspicious* when its VAE score is above the VAE's per-event threshold **and** its top score is
+at least the ``confidence_quantile`` of the reference's top scores (by default the median: "more confident
+than a typical reference answer") **or** its margin (top score minus the second) is at most the
+``margin_quantile`` of the reference's margins (by default the 10th percentile). Events without usable
+scores are never suspicious.
+
+The rate of suspicious events among clean traffic is measured on a held-out part of the reference
+(``calibration_share``, never seen by the VAE): with ``c`` suspicious out of ``m``, a clean client's count
+among its ``n`` events is ``BetaBinomial(n, c + 1, m - c)``, which accounts for the estimate's own
+uncertainty (the same conformal treatment as ``vae_anomaly``). Each client with at least ``min_queries``
+events in the window is tested (one-sided, more suspicious events); the p-values are Bonferroni-corrected over
+the clients tested, and the window alerts when the smallest is ``<= alpha``. The test is per window: nothing
+is remembered between windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from scipy import stats
+
+from detectors.anomaly.vae import VAEAnomalyDetector
+from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors.drift._stats import check_float, check_int, parse_float, plain
+
+__all__ = ["EvasionDetector"]
+
+_STATE_VERSION = 1
+
+# Evidence lists at most this many event ids per finding.
+_MAX_IDS = 20
+
+# Default per-event quantile of the inner VAE. vae_anomaly's 0.99 suits a window-level count; per client, with
+# a few dozen events, it leaves most off-distribution inputs below the threshold (on load_digits, 0 to 1 of 20
+# inputs with 8 pixels moved by 4 sd, against 10 to 14 of 20 with 0.95).
+_VAE_QUANTILE = 0.95
+
+# Random stream of the reference split (the bare seed also seeds the inner VAE's own split).
+_SPLIT_STREAM = 1
+
+
+def _top_two(predictions: Sequence[Mapping[str, Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: the top score and the margin top - second (second = 0 for one class); NaN if no scores."""
+    top = np.full(n, np.nan)
+    margin = np.full(n, np.nan)
+    for i, prediction in enumerate(predictions[:n] if len(predictions) == n else ()):
+        scores = prediction.get("scores") if isinstance(prediction, Mapping) else None
+        if not isinstance(scores, Mapping):
+            continue
+        values = sorted((v for v in map(parse_float, scores.values()) if v is not None), reverse=True)
+        if values:
+            top[i] = values[0]
+            margin[i] = values[0] - (values[1] if len(values) > 1 else 0.0)
+    return top, margin
+
+
+class EvasionDetector(Detector):
+    """Flags clients sending anomalous inputs that the model answers confidently or with a near tie.
+
+    Parameters
+    ----------
+    alpha
+        False-alarm rate per window, in (0, 0.5); Bonferroni-split over the clients tested in the window.
+    confidence_quantile
+        An answer is confident when its top score reaches this quantile of the reference's, in (0, 1).
+    margin_quantile
+        An answer is a near tie when its margin is at most this quantile of the reference's, in (0, 0.5).
+    calibration_share
+        Share of the reference held out from the VAE to measure the suspicious rate, in (0, 0.5).
+    min_queries
+        Clients with fewer events in the window are not tested (>= 1).
+    seed
+        Seed of the reference split (>= 0); also the inner VAE's seed unless ``vae`` sets one.
+    vae
+        Parameters of the inner :class:`~detectors.anomaly.VAEAnomalyDetector`: its defaults otherwise, except
+        ``quantile=0.95`` (the per-event threshold; see ``_VAE_QUANTILE``) and ``seed=seed``.
+
+    Notes
+    -----
+    ``statistic`` is the most significant client's share of suspicious events, ``threshold`` the share that
+    would have alerted for it, ``p_value`` its corrected p-value. ``evidence["subjects"]`` names the flagged
+    client ids, most significant first; ``evidence["findings"]`` holds for each: ``suspicious``,
+    ``anomalous``, ``confident`` and ``near_tie`` counts among its ``queries``, the reference rate
+    (``expected_share``), and the ids of its suspicious events (at most 20, most anomalous first).
+    """
+
+    id: ClassVar[str] = "evasion"
+    threat: ClassVar[Threat] = Threat.ROBUSTNESS
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.01,
+        confidence_quantile: float = 0.5,
+        margin_quantile: float = 0.1,
+        calibration_share: float = 0.25,
+        min_queries: int = 10,
+        seed: int = 0,
+        vae: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.confidence_quantile = check_float("confidence_quantile", confidence_quantile, 0.0, 1.0)
+        self.margin_quantile = check_float("margin_quantile", margin_quantile, 0.0, 0.5)
+        self.calibration_share = check_float("calibration_share", calibration_share, 0.0, 0.5)
+        self.min_queries = check_int("min_queries", min_queries, 1)
+        self.seed = check_int("seed", seed, 0)
+        if vae is None:
+            vae = {}
+        if not isinstance(vae, Mapping):
+            raise TypeError(
+                f"vae must be a mapping of VAEAnomalyDetector parameters, got {type(vae).__name__}"
+            )
+        try:
+            inner = VAEAnomalyDetector(**{"seed": self.seed, "quantile": _VAE_QUANTILE, **vae})
+        except TypeError as error:
+            raise TypeError(f"vae: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"vae: {error}") from error
+        self.vae: dict[str, Any] = inner.get_params()
+
+        self._vae: VAEAnomalyDetector | None = None
+        self._confidence_cut = math.nan
+        self._margin_cut = math.nan
+        self._n_calibration = 0
+        self._n_suspicious = 0  # suspicious events among the calibration events
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-serialisable); ``vae`` with every inner parameter spelt out."""
+        return {
+            "alpha": self.alpha,
+            "confidence_quantile": self.confidence_quantile,
+            "margin_quantile": self.margin_quantile,
+            "calibration_share": self.calibration_share,
+            "min_queries": self.min_queries,
+            "seed": self.seed,
+            "vae": dict(self.vae),
+        }
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the detector has been fitted (or loaded) and can evaluate."""
+        return self._vae is not None
+
+    def _require_fitted(self) -> VAEAnomalyDetector:
+        if self._vae is None:
+            raise self._not_fitted()
+        return self._vae
+
+    @property
+    def expected_share(self) -> float:
+        """Mean share of suspicious events in clean traffic, ``(c + 1) / (m + 1)``."""
+        self._require_fitted()
+        return (self._n_suspicious + 1) / (self._n_calibration + 1)
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, reference: Batch) -> Self:
+        """Train the VAE on part of the reference, learn the confidence cuts, measure the suspicious rate.
+
+        Parameters
+        ----------
+        reference
+            The reference events; ``features`` and ``predictions`` (with ``scores``) are used.
+
+        Returns
+        -------
+        EvasionDetector
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If the reference has no prediction scores, or too few events for the VAE and the calibration.
+        """
+        n = len(reference)
+        top, margin = _top_two(reference.predictions, n)
+        scored = np.isfinite(top)
+        if scored.sum() < 2:
+            raise ValueError(f"{self.id}: the reference needs predictions with class scores")
+        order = np.random.default_rng([self.seed, _SPLIT_STREAM]).permutation(n)
+        n_calibration = round(self.calibration_share * n)
+        if n_calibration < 1:
+            raise ValueError(
+                f"{self.id}: the reference of {n} events is too small to hold out a calibration part"
+            )
+        train, calibration = np.sort(order[n_calibration:]), np.sort(order[:n_calibration])
+        vae = VAEAnomalyDetector(**self.vae)
+        try:
+            vae.fit(
+                Batch(
+                    event_ids=[reference.event_ids[i] for i in train],
+                    features=[reference.features[i] for i in train],
+                )
+            )
+        except ValueError as error:
+            raise ValueError(f"{self.id}: {error}") from error
+        self._vae = vae
+        self._confidence_cut = float(np.quantile(top[scored], self.confidence_quantile))
+        self._margin_cut = float(np.quantile(margin[scored], self.margin_quantile))
+        held_out = Batch(
+            event_ids=[reference.event_ids[i] for i in calibration],
+            features=[reference.features[i] for i in calibration],
+        )
+        suspicious, *_ = self._suspicious(vae.score(held_out), top[calibration], margin[calibration])
+        if suspicious.all():
+            raise ValueError(
+                f"{self.id}: every held-out reference event is suspicious; the test has no baseline"
+            )
+        self._n_calibration = int(n_calibration)
+        self._n_suspicious = int(suspicious.sum())
+        return self
+
+    def _suspicious(
+        self, scores: np.ndarray, top: np.ndarray, margin: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per event: suspicious, anomalous, confident and near-tie flags (NaN scores compare False)."""
+        anomalous = scores > self._require_fitted().score_threshold
+        confident = top >= self._confidence_cut
+        near_tie = margin <= self._margin_cut
+        return anomalous & (confident | near_tie), anomalous, confident, near_tie
+
+    # ------------------------------------------------------------------ testing a window
+
+    def evaluate(self, window: Batch) -> DetectionResult:
+        """Test each client's share of suspicious events against the reference rate.
+
+        Parameters
+        ----------
+        window
+            The events of one window: ``event_ids``, ``features``, ``predictions`` and ``client_ids``.
+
+        Returns
+        -------
+        DetectionResult
+            See the class docstring. Skipped when the window lacks client ids, features or prediction scores,
+            or no client has ``min_queries`` events in it.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector has not been fitted or loaded.
+        """
+        vae = self._require_fitted()
+        n = len(window)
+        if n == 0:
+            return self.skipped(0, "empty window")
+        if len(window.client_ids) != n or all(client is None for client in window.client_ids):
+            return self.skipped(n, "the window carries no client ids")
+        if len(window.features) != n:
+            return self.skipped(n, "the window carries no features")
+        top, margin = _top_two(window.predictions, n)
+        if not np.isfinite(top).any():
+            return self.skipped(n, "the window carries no prediction scores")
+        rows: dict[str, list[int]] = {}
+        for i, client in enumerate(window.client_ids):
+            if client is not None:
+                rows.setdefault(str(client), []).append(i)
+        eligible = {client: np.array(r) for client, r in rows.items() if len(r) >= self.min_queries}
+        if not eligible:
+            return self.skipped(
+                n, f"no client has {self.min_queries} events in the window ({len(rows)} clients)"
+            )
+        scores = vae.score(window)
+        suspicious, anomalous, confident, near_tie = self._suspicious(scores, top, margin)
+        a, b = self._n_suspicious + 1, self._n_calibration - self._n_suspicious
+        m = len(eligible)
+        findings: list[dict[str, Any]] = []
+        for client, r in sorted(eligible.items()):
+            k = int(suspicious[r].sum())
+            p_raw = float(stats.betabinom.sf(k - 1, r.size, a, b)) if k else 1.0
+            flagged_rows = r[suspicious[r]]
+            ranked = flagged_rows[np.argsort(-scores[flagged_rows], kind="stable")][:_MAX_IDS]
+            findings.append(
+                {
+                    "subject": client,
+                    "statistic": plain(k / r.size),
+                    "p_value": min(1.0, m * p_raw),
+                    "threshold": None,  # filled in for the reported findings only
+                    "expected_share": plain(a / (a + b)),
+                    "queries": int(r.size),
+                    "suspicious": k,
+                    "anomalous": int(anomalous[r].sum()),
+                    "confident": int((anomalous & confident)[r].sum()),
+                    "near_tie": int((anomalous & near_tie)[r].sum()),
+                    "event_ids": [str(window.event_ids[i]) for i in ranked],
+                }
+            )
+        findings.sort(key=lambda f: (f["p_value"], -(f["statistic"] or 0.0), f["subject"]))
+        flagged = [f for f in findings if f["p_value"] <= self.alpha]
+        top_finding = findings[0]
+        for finding in [*flagged, top_finding]:
+            finding["threshold"] = plain(_critical_share(finding["queries"], self.alpha / m, (a, b)))
+        evidence: dict[str, Any] = {
+            "subjects": [f["subject"] for f in flagged],
+            "findings": flagged,
+            "clients_tested": m,
+            "clients_in_window": len(rows),
+            "score_threshold": plain(vae.score_threshold),
+            "confidence_cut": plain(self._confidence_cut),
+            "margin_cut": plain(self._margin_cut),
+        }
+        if not flagged:
+            evidence["most_significant"] = {k: v for k, v in top_finding.items() if k != "subject"}
+        return DetectionResult(
+            detector=self.id,
+            threat=self.threat,
+            status=Status.ALERT if flagged else Status.OK,
+            n_events=n,
+            statistic=top_finding["statistic"],
+            threshold=top_finding["threshold"],
+            p_value=top_finding["p_value"],
+            evidence=evidence,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner VAE's state (under ``"vae"``), the confidence cuts and the calibration counts.
+
+        Raises
+        ------
+        NotFittedError
+            If there is nothing to save yet.
+        """
+        vae = self._require_fitted()
+        return {
+            "version": _STATE_VERSION,
+            "params": {
+                "confidence_quantile": self.confidence_quantile,
+                "margin_quantile": self.margin_quantile,
+                "calibration_share": self.calibration_share,
+            },
+            "confidence_cut": self._confidence_cut,
+            "margin_cut": self._margin_cut,
+            "n_calibration": self._n_calibration,
+            "n_suspicious": self._n_suspicious,
+            "vae": vae.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
+        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
+
+        Raises
+        ------
+        ValueError
+            If the state is malformed, of another version or calibrated with other parameters.
+        """
+        try:
+            version = state["version"]
+            params = dict(state["params"])
+            confidence_cut = float(state["confidence_cut"])
+            margin_cut = float(state["margin_cut"])
+            n_calibration = int(state["n_calibration"])
+            n_suspicious = int(state["n_suspicious"])
+            vae_state = state["vae"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
+            )
+        expected = {
+            "confidence_quantile": self.confidence_quantile,
+            "margin_quantile": self.margin_quantile,
+            "calibration_share": self.calibration_share,
+        }
+        if params != expected:
+            raise ValueError(
+                f"{self.id}: the state was calibrated with {params}, this detector has {expected}"
+            )
+        if not 0 <= n_suspicious < n_calibration:
+            raise ValueError(
+                f"{self.id}: malformed state: {n_suspicious} suspicious of {n_calibration} calibration events"
+            )
+        vae = VAEAnomalyDetector(**self.vae)
+        try:
+            vae.load_state_dict(vae_state)
+        except ValueError as error:
+            raise ValueError(f"{self.id}: {error}") from error
+        self._vae = vae
+        self._confidence_cut = confidence_cut
+        self._margin_cut = margin_cut
+        self._n_calibration = n_calibration
+        self._n_suspicious = n_suspicious
+        return self
+
+
+def _critical_share(n: int, level: float, beta: tuple[int, int]) -> float | None:
+    """Smallest share of suspicious events among ``n`` whose beta-binomial tail is ``<= level``."""
+    counts = np.arange(n + 1)
+    tails = stats.betabinom.sf(counts - 1, n, *beta)
+    alerting = np.flatnonzero(tails <= level)
+    return float(alerting[0] / n) if alerting.size else None
