@@ -10,6 +10,14 @@ from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Detector
 from detectors.drift import FeatureDriftDetector, LabelDriftDetector, OutputDriftDetector, PerformanceDetector
 from detectors.drift.latent import LatentDriftDetector
+from detectors.security import (
+    BackdoorDetector,
+    EvasionDetector,
+    ExtractionDetector,
+    GroupOutcomeDetector,
+    LabelConsistencyDetector,
+    ProbingDetector,
+)
 
 __all__ = ["DETECTORS", "create_detector"]
 
@@ -23,6 +31,12 @@ DETECTORS: Mapping[str, type[Detector]] = MappingProxyType(
             OutputDriftDetector,
             LabelDriftDetector,
             PerformanceDetector,
+            LabelConsistencyDetector,
+            GroupOutcomeDetector,
+            BackdoorDetector,
+            EvasionDetector,
+            ExtractionDetector,
+            ProbingDetector,
         )
     }
 )

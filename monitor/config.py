@@ -43,7 +43,15 @@ DEFAULT_DETECTORS = (
     "output_drift",
     "label_drift",
     "performance",
+    "label_consistency",
+    "group_outcome",
+    "backdoor",
+    "evasion",
+    "extraction",
+    "probing",
 )
+# Detectors that run a VAE of their own on the inputs: it gets vae_anomaly's network settings.
+VAE_USERS = ("backdoor", "evasion")
 ENV_PREFIX = "SENTINEL_"
 # Variables with the prefix that are not configuration keys.
 ENV_RESERVED = {"SENTINEL_CONFIG", "SENTINEL_REQUIRE_SERVICES"}
@@ -203,6 +211,11 @@ class ModelSettings(_Strict):
         raw = self.detectors.get(detector_id)
         params = dict(raw) if isinstance(raw, dict) else {}
         params.setdefault("alpha", self.significance / max(1, len(self.enabled_detectors)))
+        if detector_id in VAE_USERS and "vae" not in params:
+            vae = self.detectors.get("vae_anomaly")
+            # The network and its training, not vae_anomaly's decision rule (alpha, quantile).
+            network = vae.items() if isinstance(vae, dict) else ()
+            params["vae"] = {k: v for k, v in network if k not in ("alpha", "quantile")}
         return params
 
     def params_hash(self, detector_id: str) -> str:
