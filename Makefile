@@ -34,6 +34,8 @@ test-slow: $(STAMP)
 
 bench-detection: $(STAMP)
 	$(BIN)/python -m bench.detection_quality
+	$(BIN)/python -m bench.security_attacks
+	$(BIN)/python -m bench.security_poisoning
 
 bench-perf: $(STAMP)
 	$(BIN)/python -m bench.perf_drift --ablation
