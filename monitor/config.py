@@ -234,6 +234,17 @@ from monitor.alerting.settings import AlertingSettings  # noqa: E402
 from monitor.api.settings import ApiSettings  # noqa: E402
 
 
+class RetentionSettings(_Strict):
+    """How long stored history is kept; ``null`` keeps it forever. A job deletes older rows in batches."""
+
+    enabled: bool = True
+    windows: Duration | None = 90 * 86400.0  # with their results, events and anomalies
+    dead_letters: Duration | None = 30 * 86400.0
+    resolved_alerts: Duration | None = 365 * 86400.0  # with their deliveries and attempts
+    interval: Duration = 3600.0  # between runs of the job
+    batch: int = Field(1000, ge=1, le=100_000)  # rows per transaction
+
+
 class AppConfig(_Strict):
     """The whole configuration of one daemon."""
 
@@ -249,6 +260,7 @@ class AppConfig(_Strict):
     db_retry_max: Duration = 30.0
     alerting: AlertingSettings = AlertingSettings()
     api: ApiSettings = ApiSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -32,7 +32,9 @@ from monitor.api.settings import check_exposure
 from monitor.config import AppConfig
 from monitor.consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
+from monitor.retention import purge_expired
 from storage import AlertStore, StorageUnavailable, Store, SubscriptionIn, make_engine, migrate
+from storage.retention import Retention
 
 log = logging.getLogger("sentinel.daemon")
 
@@ -126,6 +128,17 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
+            if self.config.retention.enabled:
+                self.scheduler.add_job(
+                    self._retention_tick,
+                    "interval",
+                    args=[Retention(store.engine)],
+                    seconds=self.config.retention.interval,
+                    id="retention",
+                    max_instances=1,
+                    coalesce=True,
+                    next_run_time=datetime.now(UTC),  # once at start, then every interval
+                )
             if self.alert_engine is not None:
                 self.scheduler.add_job(
                     self._alert_tick,
@@ -162,6 +175,12 @@ class Daemon:
                 self.delivery.stop(timeout=5.0)
             self._stop_api()
             return 1
+
+    def _retention_tick(self, retention: Retention) -> None:
+        try:
+            purge_expired(retention, self.config.retention, datetime.now(UTC))
+        except StorageUnavailable as exc:
+            log.warning("retention skipped this run: database unavailable (%s)", exc)
 
     def _start_api(self, store: Store) -> None:
         """Serve the HTTP API on its own thread (``api.enabled``).
