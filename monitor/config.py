@@ -316,6 +316,28 @@ def _redact_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+def _env_value(raw: str) -> Any:
+    """An environment value as YAML when it is one unambiguously, else the string as given.
+
+    Lists and mappings (``[a, b]``, ``{k: v}``) are parsed; a scalar only when YAML reads it back to the
+    same text (``true``, ``300``, ``0.5``, ``null``). So secrets stay intact: ``#x`` is not a comment,
+    ``00123`` not the number 123, ``a: b`` not a mapping; typed fields convert the strings themselves.
+    A quoted value (``"…"``, ``'…'``) is the YAML string inside the quotes.
+    """
+    if raw == "":
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    text = raw.strip()
+    if text.startswith(("[", "{")) or (len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"):
+        return value  # structured, or a quoted string (the chart quotes its Secret values)
+    if isinstance(value, str | dict | list):
+        return raw
+    return value if yaml.safe_dump(value).removesuffix("\n...\n").strip() == raw.strip() else raw
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
@@ -325,10 +347,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if path[0] == "models" and len(path) > 1:
             # Model ids are case-sensitive; keep the original spelling.
             path[1] = name[len(ENV_PREFIX) :].split("__")[1]
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+        value = _env_value(raw)
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})

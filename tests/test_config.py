@@ -139,3 +139,23 @@ def test_naming_one_detector_keeps_the_others_on(tmp_path: Path) -> None:
     assert "feature_drift" in settings.enabled_detectors
     assert "performance" not in settings.enabled_detectors
     assert settings.detectors["vae_anomaly"] == {"quantile": 0.995}
+
+
+@pytest.mark.parametrize(
+    "password", ["#not-a-comment", "00123", "a: b", "[x", "null-ish", "true!", " spaced "]
+)
+def test_environment_strings_arrive_as_given(password: str) -> None:
+    # Secrets come from the environment (Kubernetes Secrets); read as YAML, "#x" would be a comment (None),
+    # "00123" the number 123 and "a: b" a mapping.
+    config = load_config(
+        environ={
+            "SENTINEL_KAFKA__SASL_PLAIN_PASSWORD": password,
+            "SENTINEL_KAFKA__SESSION_TIMEOUT_MS": "9000",  # typed fields still take their values
+            "SENTINEL_API__READ_TOKENS": "[t1, t2]",
+            "SENTINEL_DATABASE_URL": '"sqlite:///quoted.db"',
+        }
+    )
+    assert config.kafka.sasl_plain_password == password
+    assert config.kafka.session_timeout_ms == 9000
+    assert config.api.read_tokens == ["t1", "t2"]
+    assert config.database_url == "sqlite:///quoted.db"
