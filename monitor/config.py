@@ -106,10 +106,38 @@ class KafkaSettings(_Strict):
     sasl_plain_username: str | None = None
     sasl_plain_password: str | None = Field(None, repr=False)
     ssl_cafile: str | None = None
+    # Mutual TLS: the client's certificate and key (PEM files), and the key's password if it has one.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = Field(None, repr=False)
+    ssl_check_hostname: bool = True
     # How long one connection attempt waits for the brokers before the daemon's own backoff takes over.
     bootstrap_timeout: Duration = 10.0
     retry_backoff_initial: Duration = 0.5
     retry_backoff_max: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        credentials = self.sasl_mechanism and self.sasl_plain_username
+        if self.security_protocol.startswith("SASL_") and not credentials:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism and sasl_plain_username"
+            )
+        return self
+
+    def security_options(self) -> dict[str, Any]:
+        """kafka-python's connection security arguments, shared by the consumer and the alerts producer."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_plain_username
+            options["sasl_plain_password"] = self.sasl_plain_password
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+                if getattr(self, name):
+                    options[name] = getattr(self, name)
+        return options
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> KafkaSettings:

@@ -77,16 +77,10 @@ def consumer_options(settings: KafkaSettings) -> dict[str, Any]:
         "max_poll_records": settings.max_poll_records,
         "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
         "max_partition_fetch_bytes": max(1_048_576, settings.max_message_bytes * 2),
-        "security_protocol": settings.security_protocol,
         "bootstrap_timeout_ms": int(settings.bootstrap_timeout * 1000),
         "reconnect_backoff_max_ms": 5000,
+        **settings.security_options(),
     }
-    if settings.sasl_mechanism:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_plain_username
-        options["sasl_plain_password"] = settings.sasl_plain_password
-    if settings.ssl_cafile:
-        options["ssl_cafile"] = settings.ssl_cafile
     return options
 
 

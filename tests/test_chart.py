@@ -516,7 +516,8 @@ def test_the_values_schema_knows_every_configuration_key_of_the_daemon(helm: Mod
     config = schema["properties"]["config"]["properties"]
     owned_by_secrets = {"database_url"}
     assert set(config) | owned_by_secrets == set(AppConfig.model_fields)
-    assert set(config["kafka"]["properties"]) | {"sasl_plain_password"} == set(KafkaSettings.model_fields)
+    kafka_secrets = {"sasl_plain_password", "ssl_password"}
+    assert set(config["kafka"]["properties"]) | kafka_secrets == set(KafkaSettings.model_fields)
     assert set(config["alerting"]["properties"]) | {"subscriptions"} == set(AlertingSettings.model_fields)
     # host and port follow containerPort, tokens come from the Secret, and the probes need the API on.
     chart_owned = {"host", "port", "read_tokens", "admin_tokens", "enabled"}

@@ -159,3 +159,29 @@ def test_environment_strings_arrive_as_given(password: str) -> None:
     assert config.kafka.session_timeout_ms == 9000
     assert config.api.read_tokens == ["t1", "t2"]
     assert config.database_url == "sqlite:///quoted.db"
+
+
+def test_kafka_security_settings_reach_the_client_and_sasl_needs_credentials() -> None:
+    from monitor.consumer import consumer_options
+
+    config = load_config(
+        environ={
+            "SENTINEL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "SENTINEL_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+            "SENTINEL_KAFKA__SASL_PLAIN_USERNAME": "sentinel",
+            "SENTINEL_KAFKA__SASL_PLAIN_PASSWORD": "pw",
+            "SENTINEL_KAFKA__SSL_CAFILE": "/etc/kafka/ca.pem",
+            "SENTINEL_KAFKA__SSL_CERTFILE": "/etc/kafka/client.pem",
+            "SENTINEL_KAFKA__SSL_KEYFILE": "/etc/kafka/client.key",
+        }
+    )
+    options = consumer_options(config.kafka)
+    assert options["security_protocol"] == "SASL_SSL" and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["ssl_certfile"], options["ssl_keyfile"], options["ssl_check_hostname"]) == (
+        "/etc/kafka/client.pem",
+        "/etc/kafka/client.key",
+        True,
+    )
+    assert "pw" not in repr(config.kafka)
+    with pytest.raises(ConfigError, match="kafka: .*needs sasl_mechanism and sasl_plain_username"):
+        load_config(environ={"SENTINEL_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
