@@ -18,20 +18,26 @@ def only(**detectors: object) -> dict[str, object]:
 
 
 def test_significance_is_split_across_enabled_detectors() -> None:
-    settings = ModelSettings.model_validate({
-        "significance": 0.012,
-        "detectors": only(vae_anomaly={"quantile": 0.995}, feature_drift={}, output_drift={"alpha": 0.05}),
-    })
+    settings = ModelSettings.model_validate(
+        {
+            "significance": 0.012,
+            "detectors": only(
+                vae_anomaly={"quantile": 0.995}, feature_drift={}, output_drift={"alpha": 0.05}
+            ),
+        }
+    )
     assert settings.enabled_detectors == ["vae_anomaly", "feature_drift", "output_drift"]
     assert settings.detector_params("vae_anomaly") == {"quantile": 0.995, "alpha": pytest.approx(0.004)}
     assert settings.detector_params("output_drift")["alpha"] == 0.05  # set explicitly: kept
 
 
 def test_false_switches_a_default_detector_off() -> None:
-    config = AppConfig.model_validate({
-        "defaults": {"detectors": only(vae_anomaly={}, feature_drift={})},
-        "models": {"m": {"detectors": {"feature_drift": False}}},
-    })
+    config = AppConfig.model_validate(
+        {
+            "defaults": {"detectors": only(vae_anomaly={}, feature_drift={})},
+            "models": {"m": {"detectors": {"feature_drift": False}}},
+        }
+    )
     settings = config.model_settings("m")
     assert settings.enabled_detectors == ["vae_anomaly"]
     assert settings.detector_params("vae_anomaly")["alpha"] == 0.01
@@ -64,8 +70,10 @@ def runtime(k: int, n: int, immediate_p: float = 1e-6) -> ModelRuntime:
 
 def test_two_of_three_failing_windows_alert(pipeline: Pipeline) -> None:
     state = runtime(2, 3)
-    outcomes = [pipeline._persist(state, result(s)) for s in
-                (Status.ALERT, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.ALERT)]
+    outcomes = [
+        pipeline._persist(state, result(s))
+        for s in (Status.ALERT, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.ALERT)
+    ]
     expected = [Status.OK, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.OK]
     assert [o.status for o in outcomes] == expected
     first = outcomes[0]

@@ -16,8 +16,11 @@ def test_feedback_after_close_updates_the_performance_result(tmp_path: Path) -> 
     engine = make_engine(url)
     migrate(engine)
     store = Store(engine)
-    config = make_config(url, reference=write_reference(tmp_path / "reference.jsonl"),
-                         detectors={"performance": {}, "label_drift": {}})
+    config = make_config(
+        url,
+        reference=write_reference(tmp_path / "reference.jsonl"),
+        detectors={"performance": {}, "label_drift": {}},
+    )
     pipeline = Pipeline(config, store, live=False)
     pipeline.prepare()
     pipeline.fit_pending()
@@ -38,8 +41,13 @@ def test_feedback_after_close_updates_the_performance_result(tmp_path: Path) -> 
     # Labels arrive after the window closed; a third of them say the model was wrong (a poisoned feed).
     for i, (event_id, label) in enumerate(truth.items()):
         wrong = next(c for c in "0123456789" if c != predicted[event_id])
-        feedback = {"type": "feedback", "event_id": event_id, "model": MODEL,
-                    "label": wrong if i % 3 == 0 else label, "timestamp": T0 + 3600}
+        feedback = {
+            "type": "feedback",
+            "event_id": event_id,
+            "model": MODEL,
+            "label": wrong if i % 3 == 0 else label,
+            "timestamp": T0 + 3600,
+        }
         pipeline.ingest(RawMessage(json.dumps(feedback).encode(), Position("t", 0, offset)))
         offset += 1
     pipeline.flush()
