@@ -26,6 +26,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.alerting import AlertEngine, DeliveryWorker
+from monitor.alerting.delivery import WebhookGuard
 from monitor.api.app import RuntimeStatus, create_app
 from monitor.api.server import ApiServer
 from monitor.api.settings import check_exposure
@@ -58,7 +59,8 @@ def wait_for_database(store: Store, config: AppConfig, stop: threading.Event | N
     backoff = Backoff(config.db_retry_initial, config.db_retry_max)
     while stop is None or not stop.is_set():
         try:
-            migrate(store.engine)
+            key = config.alerting.secret_key
+            migrate(store.engine, secret_key=key.get_secret_value() if key is not None else None)
             store.ping()
             return store
         except StorageUnavailable as exc:
@@ -118,7 +120,12 @@ class Daemon:
             self.pipeline = pipeline
             self._prepare(pipeline)
             self._prepare_alerting(store)
-            self.intake = KafkaIntake(self.config.kafka, pipeline, before_close=self._final_close)
+            self.intake = KafkaIntake(
+                self.config.kafka,
+                pipeline,
+                before_close=self._final_close,
+                db_retry=(self.config.db_retry_initial, self.config.db_retry_max),
+            )
             self.scheduler = BackgroundScheduler(timezone="UTC")
             self.scheduler.add_job(
                 self._tick,
@@ -176,6 +183,12 @@ class Daemon:
             self._stop_api()
             return 1
 
+    def _alert_store(self, store: Store) -> AlertStore:
+        """An AlertStore that seals webhook secrets with the configured key (else the environment's or,
+        for a SQLite file, the key file beside it: see storage.crypto)."""
+        key = self.config.alerting.secret_key
+        return AlertStore(store.engine, secret_key=key.get_secret_value() if key is not None else None)
+
     def _retention_tick(self, retention: Retention) -> None:
         try:
             purge_expired(retention, self.config.retention, datetime.now(UTC))
@@ -191,7 +204,13 @@ class Daemon:
         settings = self.config.api
         if not settings.enabled:
             return
-        app = create_app(store, AlertStore(store.engine), settings, status_provider=self.runtime_status)
+        app = create_app(
+            store,
+            self._alert_store(store),
+            settings,
+            status_provider=self.runtime_status,
+            webhook_guard=WebhookGuard.from_settings(self.config.alerting.delivery),
+        )
         try:
             self.api = ApiServer(app, settings.host, settings.port)
         except OSError as exc:
@@ -243,7 +262,7 @@ class Daemon:
         if not settings.enabled:
             log.info("alerting is disabled (alerting.enabled: false)")
             return
-        alert_store = AlertStore(store.engine)
+        alert_store = self._alert_store(store)
         wanted = [
             SubscriptionIn(
                 name=s.name,

@@ -13,8 +13,9 @@ Two ways in:
   PostgreSQL plus a lease in ``claimed_until``, so several replicas never send the same delivery at once)
   and :meth:`AlertStore.record_attempt`.
 
-Subscription secrets are stored (the HMAC needs them) but never returned by the listing calls: records carry
-``has_secret`` instead, and only a claimed :class:`DeliveryJob` holds the secret (excluded from its repr).
+Subscription secrets are stored (the HMAC needs them) sealed with AES-GCM (:mod:`storage.crypto`): never
+in plain text, and never returned by the listing calls, whose records carry ``has_secret`` instead. Only a
+claimed :class:`DeliveryJob` holds the sealed secret, which the delivery worker opens just before it signs.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Engine, Table, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import models as orm
+from storage.crypto import SECRET_KEY_ENV, SECRET_KEY_SETTING, SecretBox, SecretKeyError, resolve_box
 from storage.errors import StorageError
 from storage.records import AlertRecord, require_aware
 from storage.session import EngineBound, check_limit, check_name
@@ -67,6 +69,10 @@ REASONS = ("firing", "escalated", "repeat", "resolved")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 ENGINE_CURSOR = "alert_engine"
 IN_CHUNK = 500
+# Bounds on what one subscription may hold: a request body is not a way to fill the database.
+MAX_SECRET_CHARS = 1024
+MAX_FILTER_ENTRIES = 1000
+MAX_FILTER_CHARS = 256
 
 ALERTS = cast(Table, orm.Alert.__table__)
 RESULTS = cast(Table, orm.WindowResult.__table__)
@@ -204,7 +210,11 @@ class DeliveryRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryJob:
-    """A delivery claimed by a worker, with what it takes to send it. ``secret`` never shows in reprs."""
+    """A delivery claimed by a worker, with what it takes to send it.
+
+    ``sealed_secret`` is the subscription's secret as stored (AES-GCM, see :mod:`storage.crypto`): the worker
+    opens it with :attr:`AlertStore.secret_box`. Neither it nor the URL shows in reprs.
+    """
 
     id: int
     uuid: str
@@ -221,7 +231,7 @@ class DeliveryJob:
     subscription_name: str | None = None
     subscription_active: bool = True
     url: str | None = field(default=None, repr=False)  # may carry a token (Slack-style URLs)
-    secret: str | None = field(default=None, repr=False)
+    sealed_secret: str | None = field(default=None, repr=False)
     format: str = "native"
     topic: str | None = None
 
@@ -277,10 +287,19 @@ class SubscriptionIn:
         _one_of(self.min_severity, SEVERITIES, "min_severity")
         if self.secret is not None and not self.secret:
             raise ValueError("secret must be non-empty when given")
+        if self.secret is not None and len(self.secret) > MAX_SECRET_CHARS:
+            raise ValueError(f"secret must be at most {MAX_SECRET_CHARS} characters")
+        if len(self.url) > 2048:
+            raise ValueError("url must be at most 2048 characters")
         for what in ("models", "detectors", "threats"):
             values = getattr(self, what)
             if isinstance(values, str) or not all(isinstance(v, str) and v for v in values):
                 raise ValueError(f"{what} must be a list of non-empty strings")
+            if len(values) > MAX_FILTER_ENTRIES or any(len(v) > MAX_FILTER_CHARS for v in values):
+                raise ValueError(
+                    f"{what} must hold at most {MAX_FILTER_ENTRIES} entries of at most {MAX_FILTER_CHARS} "
+                    "characters"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,7 +530,38 @@ class AlertWork:
 
 
 class AlertStore(EngineBound):
-    """Alerting state on one engine (the schema must be migrated); thread-safe like :class:`storage.Store`."""
+    """Alerting state on one engine (the schema must be migrated); thread-safe like :class:`storage.Store`.
+
+    Parameters
+    ----------
+    engine
+        The database.
+    secret_key
+        Base64 of the 32-byte key that seals webhook secrets (``alerting.secret_key``). Default: the
+        environment, else the key file beside a SQLite database (see :func:`storage.crypto.resolve_box`).
+        Only needed, and only looked up, when a secret is written or a delivery is signed.
+    """
+
+    def __init__(self, engine: Engine, *, secret_key: str | bytes | SecretBox | None = None) -> None:
+        super().__init__(engine)
+        self._secret_key = secret_key
+        self._box: SecretBox | None = secret_key if isinstance(secret_key, SecretBox) else None
+
+    @property
+    def secret_box(self) -> SecretBox:
+        """The key that seals and opens subscription secrets; :class:`SecretKeyError` names the setting when
+        there is none (PostgreSQL without ``alerting.secret_key``)."""
+        if self._box is None:
+            configured = None if isinstance(self._secret_key, SecretBox) else self._secret_key
+            box = resolve_box(self._engine, configured)
+            if box is None:
+                raise SecretKeyError(
+                    f"webhook secrets are stored encrypted and no key is configured for this "
+                    f"{self._engine.dialect.name} database: set {SECRET_KEY_SETTING} (environment "
+                    f"{SECRET_KEY_ENV}) to base64 of 32 random bytes, the same on every replica"
+                )
+            self._box = box
+        return self._box
 
     # ------------------------------------------------------------------ the engine
 
@@ -712,7 +762,7 @@ class AlertStore(EngineBound):
                     subscription_name=r.sub_name,
                     subscription_active=r.subscription_id is None or r.deleted_at is None,
                     url=r.url,
-                    secret=r.secret,
+                    sealed_secret=r.secret,
                     format=r.format or "native",
                     topic=r.topic,
                 )
@@ -890,16 +940,16 @@ class AlertStore(EngineBound):
     def create_subscription(
         self, subscription: SubscriptionIn, now: datetime, *, source: str = "api"
     ) -> SubscriptionRecord:
-        """Create a subscription; raises ValueError if an active one has the same name."""
+        """Create a subscription; raises ValueError if an active one has the same name, and
+        :class:`~storage.crypto.SecretKeyError` (a ValueError) if it has a secret and no key is configured."""
         require_aware(now, "now")
         _one_of(source, ("config", "api"), "source")
+        values = self._subscription_values(subscription)
         try:
             with self._transaction("creating a subscription", write=True) as session:
                 new_id = session.execute(
                     insert(SUBSCRIPTIONS)
-                    .values(
-                        **_subscription_values(subscription), source=source, created_at=now, updated_at=now
-                    )
+                    .values(**values, source=source, created_at=now, updated_at=now)
                     .returning(SUBSCRIPTIONS.c.id)
                 ).scalar_one()
                 return _subscription_record(session.get_one(orm.Subscription, int(new_id)))
@@ -960,7 +1010,7 @@ class AlertStore(EngineBound):
                 row = active.get(sub.name)
                 if row is not None and row.source != "config":
                     raise ValueError(f"subscription name {sub.name!r} is taken by an API subscription")
-                values = _subscription_values(sub)
+                values = self._subscription_values(sub, row.secret if row is not None else None)
                 if row is None:
                     session.execute(
                         insert(SUBSCRIPTIONS).values(
@@ -988,6 +1038,16 @@ class AlertStore(EngineBound):
                 .order_by(orm.Subscription.id)
             )
             return [_subscription_record(s) for s in session.scalars(stmt)]
+
+    def _subscription_values(self, sub: SubscriptionIn, stored: str | None = None) -> dict[str, Any]:
+        """The row values of ``sub`` with its secret sealed; ``stored`` (the row's sealed secret) is kept when
+        it holds the same secret, so that an unchanged configured subscription is not rewritten."""
+        if sub.secret is None:
+            return _subscription_values(sub, None)
+        box = self.secret_box
+        if stored is not None and box.matches(stored, sub.secret):
+            return _subscription_values(sub, stored)
+        return _subscription_values(sub, box.seal(sub.secret))
 
     # ------------------------------------------------------------------ silences
 
@@ -1069,11 +1129,11 @@ def _alert_state(a: orm.Alert) -> AlertState:
     )
 
 
-def _subscription_values(sub: SubscriptionIn) -> dict[str, Any]:
+def _subscription_values(sub: SubscriptionIn, sealed_secret: str | None) -> dict[str, Any]:
     return {
         "name": sub.name,
         "url": sub.url,
-        "secret": sub.secret,
+        "secret": sealed_secret,
         "format": sub.format,
         "models": list(sub.models),
         "detectors": list(sub.detectors),

@@ -38,8 +38,11 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def migrate(engine_or_url: Engine | str | URL) -> None:
+def migrate(engine_or_url: Engine | str | URL, *, secret_key: str | None = None) -> None:
     """Bring the database schema up to the latest revision (``alembic upgrade head``).
+
+    ``secret_key`` (base64 of 32 bytes) seals webhook secrets stored in plain text by older versions
+    (revision 0003); without it the key is found as :mod:`storage.crypto` finds it.
 
     Runs in one transaction on the given engine's connection (so in-memory SQLite works);
     running it again on an up-to-date database does nothing. Concurrent callers on PostgreSQL
@@ -56,6 +59,7 @@ def migrate(engine_or_url: Engine | str | URL) -> None:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
                 config = alembic_config()
                 config.attributes["connection"] = conn
+                config.attributes["secret_key"] = secret_key
                 command.upgrade(config, "head")
     except SQLAlchemyError as exc:
         raise translate(exc, "database migration") from exc

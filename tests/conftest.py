@@ -16,6 +16,9 @@ import pytest
 from monitor.broker import EmbeddedBroker
 
 REQUIRE_SERVICES = os.environ.get("SENTINEL_REQUIRE_SERVICES") == "1"
+# Webhook secrets are sealed at rest; PostgreSQL has no key file beside it, so the tests name one (the
+# daemons they start get it too: see tests/daemon_process.py).
+os.environ.setdefault("SENTINEL_ALERTING__SECRET_KEY", "c2VudGluZWwtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -20,7 +20,12 @@ class DaemonProcess:
     def __init__(self, config: dict[str, object], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = workdir / f"sentinel-{time.monotonic_ns()}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+        # Only the test's own configuration counts; the tests' key for sealing webhook secrets is kept.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SENTINEL_") or k == "SENTINEL_ALERTING__SECRET_KEY"
+        }
         self.env.update(env or {})
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()

@@ -42,6 +42,7 @@ def alerting_config(port: int, alerts_topic: str) -> dict[str, Any]:
             "backoff_initial": "0.2s",
             "backoff_max": "0.5s",
             "poll_interval": "0.2s",
+            "allowed_networks": ["127.0.0.0/8"],  # the receiver listens on loopback
         },
     }
 

@@ -518,7 +518,8 @@ def test_the_values_schema_knows_every_configuration_key_of_the_daemon(helm: Mod
     assert set(config) | owned_by_secrets == set(AppConfig.model_fields)
     kafka_secrets = {"sasl_plain_password", "ssl_password"}
     assert set(config["kafka"]["properties"]) | kafka_secrets == set(KafkaSettings.model_fields)
-    assert set(config["alerting"]["properties"]) | {"subscriptions"} == set(AlertingSettings.model_fields)
+    alerting_secrets = {"subscriptions", "secret_key"}
+    assert set(config["alerting"]["properties"]) | alerting_secrets == set(AlertingSettings.model_fields)
     # host and port follow containerPort, tokens come from the Secret, and the probes need the API on.
     chart_owned = {"host", "port", "read_tokens", "admin_tokens", "enabled"}
     assert set(config["api"]["properties"]) | chart_owned == set(ApiSettings.model_fields)

@@ -6,6 +6,8 @@
 import monitor.config  # noqa: F401  isort: skip
 from monitor.alerting.delivery import (
     DeliveryWorker,
+    UnsafeWebhookUrl,
+    WebhookGuard,
     alert_document,
     classify_status,
     render_body,
@@ -46,6 +48,8 @@ __all__ = [
     "SilenceSettings",
     "SubscriptionSettings",
     "Target",
+    "UnsafeWebhookUrl",
+    "WebhookGuard",
     "alert_document",
     "classify_status",
     "fingerprint",

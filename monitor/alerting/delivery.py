@@ -20,12 +20,27 @@ Webhook request (contract section 4)::
 
 A receiver verifies with :func:`verify_signature`. Bodies are rendered once, when the delivery is enqueued
 (:func:`render_body`), so every retry sends the same bytes.
+
+The subscription's secret is stored sealed (:mod:`storage.crypto`); the worker opens it just before signing
+and keeps it no longer than the attempt. A secret that does not open (the key is not the one it was sealed
+with) fails the attempt with an error naming ``alerting.secret_key`` and is retried with the usual backoff,
+so fixing the key and restarting delivers what waited.
+
+Server-side request forgery (:class:`WebhookGuard`): whoever may create a subscription must not be able to
+make Sentinel send requests into the network it runs in (a cloud metadata service, an admin port on
+loopback, a database on a private range). Before each attempt the URL's host is resolved, every address is
+checked (private RFC 1918, loopback, link-local incl. 169.254.169.254, unique-local IPv6, unspecified,
+CGNAT, multicast, reserved: refused unless allowed in ``alerting.delivery``), and the request is sent to the
+address that was checked, with the original ``Host`` header and TLS server name: a DNS answer that changes
+between the check and the connection (rebinding) cannot redirect it. Redirects are never followed (a 3xx is
+not an acknowledgement and fails the delivery), so a receiver cannot bounce a delivery inward either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -34,7 +49,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -44,6 +59,7 @@ import httpx
 
 from monitor.errors import DeliveryError
 from storage import AlertRecord, AlertStore, AttemptIn, DeliveryJob, StorageUnavailable
+from storage.crypto import SecretBox, SecretKeyError
 
 if TYPE_CHECKING:
     from monitor.alerting.settings import DeliverySettings
@@ -52,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = [
     "USER_AGENT",
     "DeliveryWorker",
+    "UnsafeWebhookUrl",
+    "WebhookGuard",
     "alert_document",
     "classify_status",
     "render_body",
@@ -68,6 +86,9 @@ _ERROR_LIMIT = 500  # characters of an error message kept per attempt
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
 
 Clock = Callable[[], datetime]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Sequence[IPAddress]]
 
 
 # ----------------------------------------------------------------------------------- formats
@@ -211,6 +232,161 @@ def _retry_after(response: httpx.Response, now: datetime) -> float | None:
         return None
 
 
+# ----------------------------------------------------------------------------------- SSRF guard
+
+_RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598): someone's internal network
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254"))
+
+
+class UnsafeWebhookUrl(ValueError):
+    """A webhook URL that the SSRF guard refuses; the message says which address and why."""
+
+
+def address_class(address: IPAddress) -> str | None:
+    """Why a webhook may not be sent to ``address`` by default (None: a globally routable address).
+
+    IPv4 addresses embedded in IPv6 (``::ffff:10.0.0.1``, 6to4 ``2002:a00:1::``) are judged as the IPv4
+    address they carry, since that is where the packets end up.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return address_class(embedded)
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address in _METADATA:
+        return "the cloud metadata service"
+    if address.is_link_local:
+        return "link-local"
+    if any(address in network for network in _RFC1918):
+        return "private (RFC 1918)"
+    if address in _UNIQUE_LOCAL:
+        return "unique-local IPv6"
+    if address in _SHARED:
+        return "shared address space (RFC 6598)"
+    if address.is_multicast:
+        return "multicast"
+    if not address.is_global:
+        return "not globally routable (reserved or special-purpose)"
+    return None
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (``socket.getaddrinfo``), in the resolver's order, once each."""
+    found: list[IPAddress] = []
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        # An IPv6 link-local answer may carry a zone ("fe80::1%eth0"): the zone is not part of the address.
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in found:
+            found.append(address)
+    return found
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A webhook URL checked by :class:`WebhookGuard`: the address to connect to and how to present it."""
+
+    url: httpx.URL
+    address: IPAddress
+
+    def pinned_url(self) -> httpx.URL:
+        """The URL with its host replaced by the checked address (the connection goes exactly there)."""
+        return self.url.copy_with(host=str(self.address))
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` header of the original URL (with the port when the URL names one)."""
+        return self.url.netloc.decode("ascii").rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class WebhookGuard:
+    """Refuses webhook URLs whose host is, or resolves to, an address inside the deployment's networks.
+
+    Parameters
+    ----------
+    allow_private
+        Let every address through (development and test benches only).
+    allowed_networks
+        Networks let through although not globally routable, e.g. ``10.20.0.0/16`` for an internal receiver.
+    resolve
+        Host name to addresses; default :func:`resolve_host` (``socket.getaddrinfo``).
+
+    Examples
+    --------
+    >>> guard = WebhookGuard(resolve=lambda host, port: [ipaddress.ip_address("169.254.169.254")])
+    >>> try:
+    ...     guard.check("http://metadata.internal/latest")
+    ... except UnsafeWebhookUrl as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    webhook host 'metadata.internal' resolves to 169.254.169.254, the cloud metadata service; ...
+    """
+
+    allow_private: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    resolve: Resolver = resolve_host
+
+    @classmethod
+    def from_settings(cls, settings: DeliverySettings, resolve: Resolver | None = None) -> WebhookGuard:
+        """The guard that ``alerting.delivery`` configures."""
+        return cls(
+            allow_private=settings.allow_private_addresses,
+            allowed_networks=tuple(settings.allowed_networks),
+            resolve=resolve or resolve_host,
+        )
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why ``address`` is refused under this policy (None: allowed)."""
+        if self.allow_private:
+            return None
+        kind = address_class(address)
+        if kind is None or any(address in network for network in self.allowed_networks):
+            return None
+        return kind
+
+    def check(self, url: str, *, unresolved_ok: bool = False) -> WebhookTarget | None:
+        """The checked target of ``url``; :class:`UnsafeWebhookUrl` if any address it resolves to is refused.
+
+        Every address counts, not just the first: a name with one public and one private address could be
+        connected to either. A host that does not resolve raises ``socket.gaierror`` (a delivery retries),
+        or, with ``unresolved_ok`` (subscription time: DNS may not know the name yet), returns None; it is
+        checked again at every delivery.
+        """
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise UnsafeWebhookUrl(f"webhook URL is not valid: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise UnsafeWebhookUrl("webhook URL must be http:// or https:// with a host")
+        host = parsed.host
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            addresses: Sequence[IPAddress] = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                addresses = self.resolve(host, port)
+            except (socket.gaierror, UnicodeError):
+                if unresolved_ok:
+                    return None
+                raise
+        if not addresses:
+            raise socket.gaierror(f"{host!r} resolved to no address")
+        for address in addresses:
+            kind = self.refusal(address)
+            if kind is not None:
+                where = (
+                    f"webhook address {host} is {kind}"
+                    if str(address) == host
+                    else f"webhook host {host!r} resolves to {address}, {kind}"
+                )
+                raise UnsafeWebhookUrl(f"{where}; allow it in alerting.delivery.allowed_networks if intended")
+        return WebhookTarget(parsed, addresses[0])
+
+
 # ----------------------------------------------------------------------------------- the worker
 
 
@@ -240,6 +416,10 @@ class DeliveryWorker:
         Randomness for the jitter.
     producer_factory
         Builds the Kafka producer (default ``kafka.KafkaProducer``).
+    guard
+        The SSRF guard applied to every webhook attempt; default: the one ``settings`` configures.
+    secret_box
+        Opens the subscriptions' sealed secrets; default: the store's (:attr:`AlertStore.secret_box`).
     """
 
     def __init__(
@@ -253,9 +433,13 @@ class DeliveryWorker:
         rng: random.Random | None = None,
         worker_id: str | None = None,
         producer_factory: Callable[..., Any] | None = None,
+        guard: WebhookGuard | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.guard = guard or WebhookGuard.from_settings(settings)
+        self._secret_box = secret_box
         self.kafka = kafka
         self._now = now or (lambda: datetime.now(UTC))
         self._rng = rng or random.Random()
@@ -427,15 +611,45 @@ class DeliveryWorker:
             "X-Sentinel-Timestamp": str(int(now.timestamp())),
             "X-Sentinel-Event": job.reason,
         }
-        if job.secret:
-            headers["X-Sentinel-Signature"] = sign(job.secret, job.body)
+        if job.sealed_secret:
+            headers["X-Sentinel-Signature"] = sign(self._open_secret(job), job.body)
+        target = self._checked_target(job.url)
+        headers["Host"] = target.host_header
+        # TLS is negotiated and verified for the URL's host name, while the connection goes to the address
+        # that was checked (not to whatever a second DNS lookup might return).
+        extensions = {"sni_hostname": target.url.host} if target.url.scheme == "https" else {}
         try:
-            response = self._client.post(job.url, content=job.body, headers=headers)
+            request = self._client.build_request(
+                "POST", target.pinned_url(), content=job.body, headers=headers, extensions=extensions
+            )
+            response = self._client.send(request)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         return _Sent(response.status_code, _retry_after(response, now))
+
+    def _open_secret(self, job: DeliveryJob) -> str:
+        """The plain secret of the job's subscription, for this one signature."""
+        assert job.sealed_secret is not None
+        try:
+            box = self._secret_box or self.store.secret_box
+            return box.open(job.sealed_secret)
+        except SecretKeyError as exc:
+            # Retried (with backoff): the fix is to configure the right key, after which the wait is over.
+            log.error("cannot sign delivery %s to %s: %s", job.uuid, self._label(job), exc)
+            raise DeliveryError(f"cannot open the subscription's secret: {exc}", retryable=True) from None
+
+    def _checked_target(self, url: str) -> WebhookTarget:
+        """Resolve and check ``url`` now, at the attempt (the SSRF guard; see the module docstring)."""
+        try:
+            target = self.guard.check(url)
+        except UnsafeWebhookUrl as exc:
+            raise DeliveryError(f"refused: {exc}", retryable=False) from None
+        except (socket.gaierror, UnicodeError) as exc:
+            raise DeliveryError(f"cannot resolve the webhook host: {exc}", retryable=True) from None
+        assert target is not None  # check() returns None only with unresolved_ok
+        return target
 
     def _produce(self, job: DeliveryJob) -> None:
         from kafka.errors import KafkaError
@@ -481,12 +695,6 @@ def _producer_options(settings: KafkaSettings, timeout: float) -> dict[str, Any]
         "acks": "all",
         "request_timeout_ms": int(timeout * 1000),
         "max_block_ms": int(timeout * 1000),
-        "security_protocol": settings.security_protocol,
+        **settings.security_options(),
     }
-    if settings.sasl_mechanism:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_plain_username
-        options["sasl_plain_password"] = settings.sasl_plain_password
-    if settings.ssl_cafile:
-        options["ssl_cafile"] = settings.ssl_cafile
     return options

@@ -18,17 +18,24 @@ Example::
       silences:
         - {model: fraud-scorer, detector: output_drift, until: "2026-12-01T00:00:00Z", comment: retraining}
       delivery: {timeout: 10s, backoff_initial: 1s, backoff_max: 5m, max_age: 1d}
+      secret_key: <base64 of 32 random bytes>   # seals webhook secrets at rest; required with PostgreSQL
+
+Webhooks may not reach private, loopback, link-local (cloud metadata), unique-local or unspecified addresses
+unless allowed: ``delivery.allowed_networks: [10.20.0.0/16]`` lets one internal range through,
+``delivery.allow_private_addresses: true`` lets every address through (a laptop or a test bench only).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from detectors.registry import DETECTORS
 from monitor.config import Duration, _Strict
+from storage.crypto import SECRET_KEY_SETTING, SecretKeyError, parse_key
 
 __all__ = [
     "CONTRACT_DETECTORS",
@@ -187,6 +194,27 @@ class DeliverySettings(_Strict):
     batch_size: int = Field(20, ge=1, le=1000)
     # How long a claimed batch is reserved for its worker; default: enough for every attempt to time out.
     lease: Duration | None = None
+    # Server-side request forgery guard: a webhook URL whose host resolves to an address that is not
+    # globally routable (RFC 1918, loopback, link-local incl. 169.254.169.254, unique-local IPv6, unspecified,
+    # CGNAT, reserved) is refused, at subscription time and again at each delivery, unless its address is in
+    # `allowed_networks` or `allow_private_addresses` is true. Default: refused (the safe production choice).
+    allow_private_addresses: bool = False
+    allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        networks = []
+        for item in value:
+            try:
+                networks.append(ip_network(str(item), strict=False))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{item!r} is not a CIDR network such as 10.0.0.0/8 or fd00::/8 ({exc})"
+                ) from None
+        return networks
 
     @model_validator(mode="after")
     def _backoff_order(self) -> DeliverySettings:
@@ -216,6 +244,9 @@ class AlertingSettings(_Strict):
     silences: list[SilenceSettings] = Field(default_factory=list)
     delivery: DeliverySettings = DeliverySettings()
     kafka_topic: str | None = Field(None, min_length=1, max_length=249)
+    # Seals subscription secrets at rest (storage.crypto): base64 of 32 random bytes, the same on every
+    # replica. Unset: the key file beside a SQLite database; with PostgreSQL, secrets are refused.
+    secret_key: SecretStr | None = None
     # Results the engine takes per transaction.
     batch_size: int = Field(500, ge=1, le=100_000)
 
@@ -237,6 +268,17 @@ class AlertingSettings(_Strict):
             else:
                 merged[detector_id] = override
         return {**data, "detector_severity": merged}
+
+    @field_validator("secret_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_key(value.get_secret_value(), SECRET_KEY_SETTING)
+            except SecretKeyError as exc:
+                # The message names the setting and what is wrong, never the value.
+                raise ValueError(str(exc).removeprefix(f"{SECRET_KEY_SETTING} ")) from None
+        return value
 
     @field_validator("detector_severity")
     @classmethod

@@ -26,13 +26,16 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from monitor.alerting.delivery import WebhookGuard
 from monitor.api.auth import Scope, TokenChecker
 from monitor.api.dashboard import dashboard_router
+from monitor.api.limits import RequestLimits
 from monitor.api.queries import ApiQueries
 from monitor.api.settings import ApiSettings
 from monitor.metrics import HistogramSnapshot
 from storage import AlertStore, SilenceIn, StorageError, StorageUnavailable, Store, SubscriptionIn
 from storage.alerting import SEVERITIES
+from storage.crypto import SecretKeyError
 from storage.records import AlertRecord, WindowResultRecord
 
 __all__ = ["RuntimeStatus", "create_app"]
@@ -447,6 +450,10 @@ class StreamPosition:
 
 # Module level, not inside create_app: with postponed annotations FastAPI resolves them in module globals.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
+# Names as the contract allows them: a NUL byte or other control characters never reach SQL (PostgreSQL
+# refuses NUL in text parameters, which would otherwise be a 500).
+ModelFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="a model id")]
+DetectorFilter = Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,64}$", description="a detector id")]
 Cursor = Annotated[
     str | None,
     Query(
@@ -466,6 +473,7 @@ def create_app(
     status_provider: StatusProvider | None = None,
     stream_poll_interval: float = 0.5,
     stream_duration: float = 300.0,
+    webhook_guard: WebhookGuard | None = None,
 ) -> FastAPI:
     """The API over ``store``/``alert_store`` (same engine); ``status_provider`` adds the daemon's view.
 
@@ -473,6 +481,8 @@ def create_app(
     (EventSource does so by itself), which bounds how long a proxy holds a connection without losing events.
     """
     queries = ApiQueries(store.engine)
+    # Subscriptions to internal addresses are refused here already (and again at each delivery).
+    guard = webhook_guard or WebhookGuard()
     checker = TokenChecker(settings)
     read = [Depends(checker.require(Scope.READ))]
     admin = [Depends(checker.require(Scope.ADMIN))]
@@ -491,6 +501,8 @@ def create_app(
         version="1",
         description="Monitoring of deployed ML models: alerts, window results, anomalies, subscriptions.",
     )
+
+    app.add_middleware(RequestLimits)
 
     def runtime() -> RuntimeStatus | None:
         return status_provider() if status_provider is not None else None
@@ -598,8 +610,8 @@ def create_app(
 
     @app.get("/v1/alerts", response_model=AlertPage, dependencies=read, responses=errors, tags=["alerts"])
     def list_alerts(
-        model: str | None = None,
-        detector: str | None = None,
+        model: ModelFilter = None,
+        detector: DetectorFilter = None,
         threat: Threat | None = None,
         severity: Literal["info", "warning", "critical"] | None = None,
         state: Literal["firing", "resolved"] | None = None,
@@ -700,8 +712,8 @@ def create_app(
 
     @app.get("/v1/windows", response_model=WindowPage, dependencies=read, responses=errors, tags=["results"])
     def list_windows(
-        model: str | None = None,
-        detector: str | None = None,
+        model: ModelFilter = None,
+        detector: DetectorFilter = None,
         since: Since = None,
         until: Until = None,
         limit: Limit = 100,
@@ -723,7 +735,7 @@ def create_app(
         "/v1/anomalies", response_model=AnomalyList, dependencies=read, responses=errors, tags=["results"]
     )
     def list_anomalies(
-        model: str | None = None, since: Since = None, until: Until = None, limit: Limit = 100
+        model: ModelFilter = None, since: Since = None, until: Until = None, limit: Limit = 100
     ) -> AnomalyList:
         """The most anomalous events, highest score first; ``since <= event_time < until``."""
         rows = store.anomalies(model=model, since=since, until=until, limit=limit)
@@ -794,6 +806,7 @@ def create_app(
     def create_subscription(body: SubscriptionCreate) -> SubscriptionOut:
         """Create a webhook subscription (admin)."""
         try:
+            guard.check(body.url, unresolved_ok=True)
             wanted = SubscriptionIn(
                 name=body.name or f"api-{uuid.uuid4().hex[:12]}",
                 url=body.url,
@@ -811,6 +824,9 @@ def create_app(
             ) from None
         try:
             created = alert_store.create_subscription(wanted, datetime.now(UTC))
+        except SecretKeyError as exc:  # no key to seal secrets with (PostgreSQL without alerting.secret_key)
+            log.error("cannot store a subscription secret: %s", exc)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
         except ValueError as exc:  # an active subscription has that name
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
         return _subscription_out(created)
