@@ -94,12 +94,15 @@ class KafkaIntake(threading.Thread):
         *,
         consumer_factory: Callable[..., KafkaConsumer] = KafkaConsumer,
         before_close: Callable[[], None] | None = None,
+        db_retry: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         super().__init__(name="sentinel-intake", daemon=True)
         self.settings = settings
         self.pipeline = pipeline
         self.consumer_factory = consumer_factory
         self.before_close = before_close
+        self.db_retry = db_retry  # initial and maximum wait while the database is unavailable
+        self._coordinator_known: bool | None = None  # None until the first poll
         self._stop_requested = threading.Event()
         self._rebalanced = threading.Event()
         self._committed: dict[TopicPartition, int] = {}
@@ -155,7 +158,7 @@ class KafkaIntake(threading.Thread):
         return None
 
     def _consume(self, consumer: KafkaConsumer) -> None:
-        db_backoff = Backoff(0.5, 30.0)
+        db_backoff = Backoff(*self.db_retry)
         paused = False
         while not self.stopping:
             if self._rebalanced.is_set():
@@ -163,10 +166,12 @@ class KafkaIntake(threading.Thread):
             try:
                 batch = consumer.poll(timeout_ms=500)
             except KafkaError as exc:
+                self._note_connection(consumer)
                 log.warning("poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 self._stop_requested.wait(1.0)
                 continue
             self.assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            self._note_connection(consumer)
             try:
                 self._ingest(consumer, batch)
                 self.pipeline.flush()
@@ -199,6 +204,31 @@ class KafkaIntake(threading.Thread):
                     # A model seen for the first time could not be loaded: read this message again later.
                     consumer.seek(tp, records[index].offset)
                     raise
+
+    def _note_connection(self, consumer: KafkaConsumer) -> None:
+        """Keep ``connected`` (and so /readyz) true only while the group coordinator is known.
+
+        kafka-python keeps the partition assignment through a broker outage and polls return empty, so
+        neither shows the outage; the coordinator becomes unknown within about a second of losing the
+        brokers and known again soon after they return. There is no public accessor for it, hence the
+        private attribute, read defensively.
+        """
+        coordinator = getattr(consumer, "_coordinator", None)
+        unknown = getattr(coordinator, "coordinator_unknown", None)
+        if unknown is None:
+            return
+        known = not unknown()
+        if known != self._coordinator_known:
+            if known and self._coordinator_known is False:
+                log.info("Kafka group coordinator reachable again")
+            elif not known and self._coordinator_known:
+                servers = self.settings.bootstrap_servers
+                log.warning("lost the Kafka group coordinator (%s); not ready", servers)
+            self._coordinator_known = known
+        if known:
+            self.connected.set()
+        else:
+            self.connected.clear()
 
     def _measure_lag(self, consumer: KafkaConsumer) -> None:
         """Lag = the partition's high watermark (from the last fetch response, no extra request) minus the
