@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow lint bench-detection bench-perf clean
+.PHONY: install demo test test-fast test-slow test-faults-long lint bench-detection bench-perf clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,13 +32,21 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -ra -m slow
 
+# The fault and soak tests at full length: 60 s outages, 20 SIGKILL runs, a 10-minute soak (about 25 min).
+test-faults-long: $(STAMP)
+	SENTINEL_LONG_FAULTS=1 $(BIN)/pytest -q -ra tests/test_faults.py tests/test_soak.py
+
 bench-detection: $(STAMP)
 	$(BIN)/python -m bench.detection_quality
 	$(BIN)/python -m bench.security_attacks
 	$(BIN)/python -m bench.security_poisoning
 
 bench-perf: $(STAMP)
-	$(BIN)/python -m bench.perf_drift --ablation
+	$(BIN)/python -m bench.perf_ingest $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.perf_detectors $(if $(QUICK),--quick,--features 16 32 64)
+	$(BIN)/python -m bench.perf_latency $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.perf_memory $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.perf_drift $(if $(QUICK),--quick,--ablation)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

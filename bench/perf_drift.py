@@ -1,7 +1,7 @@
 """Time per window of the drift detectors, next to alibi-detect's MMDDrift called directly on raw features.
 
     .venv/bin/python -m bench.perf_drift                       # the run recorded in bench/README.md
-    .venv/bin/python -m bench.perf_drift --sizes 1000 --repeats 3 --alibi-repeats 1   # a quick run
+    .venv/bin/python -m bench.perf_drift --quick                # --sizes 1000 --repeats 3 --alibi-repeats 1
     .venv/bin/python -m bench.perf_drift --ablation            # adds alibi's MMDDrift on the latent codes
 
 Data: load_digits (64 pixel features), split with a seed into a 1,000-event reference and 797 held-out
@@ -140,7 +140,8 @@ def _own_step(detector: LatentDriftDetector, codes: np.ndarray) -> object:
 
 
 def machine() -> str:
-    import alibi_detect
+    """CPU model, cores, library versions and load: the first line of every benchmark's output."""
+    from importlib.metadata import version
 
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -153,8 +154,17 @@ def machine() -> str:
         pass
     return (
         f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} threads; "
-        f"alibi-detect {alibi_detect.__version__}; Python {platform.python_version()}"
+        f"alibi-detect {version('alibi-detect')}; Python {platform.python_version()}; {load_average()}"
     )
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, for the record: the benchmark machine is shared."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 @dataclass
@@ -282,7 +292,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed evaluations per detector and size")
     parser.add_argument("--alibi-repeats", type=int, default=3, help="timed predict calls of alibi per size")
     parser.add_argument("--ablation", action="store_true", help="also time alibi on latent_drift's codes")
+    parser.add_argument(
+        "--quick", action="store_true", help="1,000 events, 3 repeats, 1 alibi call: a smoke run"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.repeats, args.alibi_repeats = [1000], 3, 1
     started = time.time()
     print(machine(), flush=True)
     results = run(args.sizes, args.repeats, args.alibi_repeats, args.ablation)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -155,6 +155,8 @@ class FeatureSchema:
             name: ("numeric" if name in numeric else "categorical") for name in self._names
         }
         self._numeric = {name: (float(m), float(s)) for name, (m, s) in numeric.items()}
+        # For the fast path of ``validate``: the names whose values only need to be finite numbers.
+        self._numeric_names = frozenset(numeric)
         self._categories = {name: sorted(cats) for name, cats in categorical.items()}
         self._category_index = {
             name: {cat: i for i, cat in enumerate(cats)} for name, cats in self._categories.items()
@@ -287,6 +289,8 @@ class FeatureSchema:
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
+        if self._encode_numeric_fast(features, out):
+            return out
         rows = np.arange(n)
         for name, column in zip(self._names, _gather(features, self._names), strict=True):
             offset = self._offsets[name]
@@ -323,6 +327,40 @@ class FeatureSchema:
             out[rows, offset + codes] = 1.0
         return out
 
+    def _encode_numeric_fast(self, features: Sequence[Mapping[str, FeatureValue]], out: np.ndarray) -> bool:
+        """Fill ``out`` in one pass when every feature is numeric and present with a plain value.
+
+        Most models log numbers only, and every VAE-based detector encodes each window again: building the
+        whole matrix with one ``np.array`` over the rows instead of one per feature took 0.17-0.28 s instead
+        of 0.31-0.41 s for 10,000 x 64 on the (loaded) benchmark machine, with the same values. False
+        (``out`` untouched) when the schema has a categorical feature, an event lacks a key, or a value is
+        not a plain number or None; the caller then takes the general path.
+        """
+        if len(self._numeric) != len(self._names) or not self._names:
+            return False
+        getter = itemgetter(*self._names)
+        try:
+            rows = list(map(getter, features))
+        except KeyError:
+            return False
+        if len(self._names) == 1:
+            rows = [(value,) for value in rows]
+        if not set(map(type, chain.from_iterable(rows))) <= _PLAIN_NUMBER_TYPES:
+            return False
+        try:
+            values = np.array(rows, dtype=np.float64)  # None becomes NaN, bools 0/1, as per feature
+        except OverflowError:  # an int beyond the float range: the per-feature path maps it to inf
+            return False
+        means = np.array([self._numeric[name][0] for name in self._names])
+        stds = np.array([self._numeric[name][1] for name in self._names])
+        missing = ~np.isfinite(values)
+        standardised = np.clip((values - means) / stds, -_CLIP, _CLIP)
+        standardised[missing] = 0.0
+        # A numeric-only layout alternates (value, missing indicator) per feature, in name order.
+        out[:, 0::2] = standardised
+        out[:, 1::2] = missing
+        return True
+
     def validate(self, features: Mapping[str, FeatureValue]) -> str | None:
         """Check one event's features against the schema.
 
@@ -337,6 +375,8 @@ class FeatureSchema:
             None if the event fits (missing and null values always fit, bools fit numeric features,
             unseen categories fit categorical ones); otherwise the first problem, in words.
         """
+        if self._fits_numeric_fast(features):
+            return None
         for name, value in features.items():
             if not isinstance(name, str):
                 return f"feature name {_short_repr(name)} is not a str"
@@ -359,6 +399,24 @@ class FeatureSchema:
                     f"got {type(value).__name__} {_short_repr(value)}"
                 )
         return None
+
+    def _fits_numeric_fast(self, features: Mapping[str, FeatureValue]) -> bool:
+        """True if every feature is a known numeric one holding a finite plain number or None.
+
+        The intake validates every event, so this is on the hot path: the check runs in C (a key-set
+        comparison, a set of value types, one ``fsum``) instead of a Python loop over the features, about
+        five times faster for 64 features. False means "not sure": the caller's per-feature loop then
+        decides and words the problem. ``filter(None, ...)`` drops None and zeros, which cannot change
+        whether the sum is finite; a NaN, an infinity, an int beyond the float range or an overflowing sum
+        makes ``fsum`` return a non-finite value or raise, and sends the event to the loop.
+        """
+        values = features.values()
+        if not (features.keys() <= self._numeric_names and set(map(type, values)) <= _PLAIN_NUMBER_TYPES):
+            return False
+        try:
+            return math.isfinite(math.fsum(filter(None, values)))  # type: ignore[arg-type]
+        except (OverflowError, ValueError):
+            return False
 
     # ------------------------------------------------------------------ state
 

@@ -71,10 +71,10 @@ def fitted(digits: Digits) -> tuple[VAEAnomalyDetector, float]:
 # ---------------------------------------------------------------------------------------------- digits
 
 
-def test_fit_is_fast_and_calibrated(fitted: tuple[VAEAnomalyDetector, float]) -> None:
-    detector, seconds = fitted
+def test_fit_is_calibrated(fitted: tuple[VAEAnomalyDetector, float]) -> None:
+    # (How long the fit takes is measured in bench/perf_detectors.py, not asserted here.)
+    detector, _ = fitted
     assert detector.fitted
-    assert seconds < 10.0, f"fitting 1,000 x 64 events took {seconds:.1f} s"
     # 200 calibration events; p0 is the conformal share (#above + 1) / (200 + 1).
     state = detector.state_dict()
     calibration = state["calibration_scores"]
@@ -247,7 +247,7 @@ def test_malformed_events_are_scored_not_crashed(fitted: tuple[VAEAnomalyDetecto
     assert np.isfinite(scores).all()
 
 
-def test_large_windows_are_scored_in_chunks_and_tested_quickly(
+def test_large_windows_are_scored_in_chunks(
     digits: Digits, fitted: tuple[VAEAnomalyDetector, float]
 ) -> None:
     detector, _ = fitted
@@ -256,10 +256,7 @@ def test_large_windows_are_scored_in_chunks_and_tested_quickly(
         event_ids=[f"r{i}" for i in range(10_000)],
         features=digits.batch(ids).features,
     )
-    start = time.perf_counter()
     result = detector.evaluate(window)
-    seconds = time.perf_counter() - start
-    assert seconds < 3.0, f"evaluating 10,000 events took {seconds:.2f} s"
     assert result.status is not Status.SKIPPED
     # Chunked scoring (8,192 rows per chunk) agrees with scoring the events on their own.
     scores = detector.score(window)

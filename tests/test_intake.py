@@ -143,6 +143,15 @@ def test_bad_messages_have_clear_reasons(message: bytes, fragment: str) -> None:
     assert fragment in reason_for(message)
 
 
+def test_numbers_beyond_the_float_range_are_refused_where_they_are_read() -> None:
+    # A class score written as a huge integer: rejected with a reason, never an OverflowError.
+    huge_score = raw(event(prediction={"scores": {"a": 10**400, "b": 0.5}}))
+    assert "out of the float range" in reason_for(huge_score)
+    # A huge literal in a field Sentinel does not read (an extra key) does not matter: the event is accepted.
+    extra = raw(event()).replace(b'"model"', b'"vendor_debug": 1e999, "model"', 1)
+    assert isinstance(parse_message(extra), PredictionEvent)
+
+
 def test_oversized_message() -> None:
     big = raw(event(features={f"f{i}": "x" * 1000 for i in range(5000)}))
     assert len(big) > 4_000_000
