@@ -30,6 +30,8 @@ log = logging.getLogger("sentinel.consumer")
 # Pause fetching while this many messages wait for the database.
 BACKLOG_PAUSE = 50_000
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
+COMMIT_TIMEOUT_MS = 5000  # for offset commits and committed-offset reads
+RECONNECTED_AFTER = 3.0  # seconds the group coordinator must stay known after a loss to count as connected
 
 
 class Backoff:
@@ -102,7 +104,8 @@ class KafkaIntake(threading.Thread):
         self.consumer_factory = consumer_factory
         self.before_close = before_close
         self.db_retry = db_retry  # initial and maximum wait while the database is unavailable
-        self._coordinator_known: bool | None = None  # None until the first poll
+        self._known_since: float | None = None  # since when the group coordinator is known (monotonic)
+        self._coordinator_lost_at: float | None = None  # set while lost or not yet steady again
         self._stop_requested = threading.Event()
         self._rebalanced = threading.Event()
         self._committed: dict[TopicPartition, int] = {}
@@ -210,25 +213,31 @@ class KafkaIntake(threading.Thread):
 
         kafka-python keeps the partition assignment through a broker outage and polls return empty, so
         neither shows the outage; the coordinator becomes unknown within about a second of losing the
-        brokers and known again soon after they return. There is no public accessor for it, hence the
-        private attribute, read defensively.
+        brokers. During the outage each reconnect attempt makes it look known for a moment, so after a
+        loss it must stay known for RECONNECTED_AFTER seconds before the intake counts as connected again.
+        There is no public accessor for the coordinator, hence the private attribute, read defensively.
         """
         coordinator = getattr(consumer, "_coordinator", None)
         unknown = getattr(coordinator, "coordinator_unknown", None)
         if unknown is None:
             return
-        known = not unknown()
-        if known != self._coordinator_known:
-            if known and self._coordinator_known is False:
-                log.info("Kafka group coordinator reachable again")
-            elif not known and self._coordinator_known:
+        now = time.monotonic()
+        if unknown():
+            if self._coordinator_lost_at is None and self._known_since is not None:
                 servers = self.settings.bootstrap_servers
                 log.warning("lost the Kafka group coordinator (%s); not ready", servers)
-            self._coordinator_known = known
-        if known:
-            self.connected.set()
-        else:
+            self._coordinator_lost_at = now
+            self._known_since = None
             self.connected.clear()
+            return
+        if self._known_since is None:
+            self._known_since = now
+        if self._coordinator_lost_at is None:
+            self.connected.set()  # never lost: connected from the first poll
+        elif now - self._known_since >= RECONNECTED_AFTER:
+            log.info("Kafka group coordinator reachable again")
+            self._coordinator_lost_at = None
+            self.connected.set()
 
     def _measure_lag(self, consumer: KafkaConsumer) -> None:
         """Lag = the partition's high watermark (from the last fetch response, no extra request) minus the
@@ -259,7 +268,7 @@ class KafkaIntake(threading.Thread):
         self.pipeline.forget_uncommitted()
         self._committed.clear()
         for tp in consumer.assignment():
-            committed = consumer.committed(tp)
+            committed = consumer.committed(tp, timeout_ms=COMMIT_TIMEOUT_MS)
             if committed is None:
                 if self.settings.auto_offset_reset == "earliest":
                     consumer.seek_to_beginning(tp)
@@ -279,7 +288,9 @@ class KafkaIntake(threading.Thread):
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
+            # Bounded: without a timeout kafka-python retries a commit for as long as the brokers are away,
+            # and the whole intake loop (readiness, database backoff, stop requests) would wait with it.
+            consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
             # Not fatal: the next loop commits again; a restart meanwhile only re-reads stored work.
             log.warning("offset commit failed (%s: %s)", type(exc).__name__, exc)

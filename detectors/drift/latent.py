@@ -53,18 +53,29 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 import torch
-from alibi_detect.utils.pytorch.kernels import GaussianRBF
 
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 
+if TYPE_CHECKING:
+    from alibi_detect.utils.pytorch.kernels import GaussianRBF
+
 __all__ = ["LatentDriftDetector", "MMDPermutationTest"]
 
 _STATE_VERSION = 1
+
+
+def _gaussian_rbf() -> GaussianRBF:
+    """alibi-detect's kernel, imported on first use: importing alibi_detect loads scikit-learn, pandas and
+    numba (about 280 MiB and several seconds per process), which a daemon without latent_drift never needs."""
+    from alibi_detect.utils.pytorch.kernels import GaussianRBF
+
+    return GaussianRBF()
+
 
 # Default number of permutations, raised when alpha needs more (see _minimum_permutations).
 _DEFAULT_PERMUTATIONS = 100
@@ -328,7 +339,7 @@ class LatentDriftDetector(Detector):
                 features=[reference.features[i] for i in chosen],
             )
         codes = vae.encode_latent(reference)
-        kernel = GaussianRBF()
+        kernel = _gaussian_rbf()
         self._set_reference(vae, kernel, codes, infer_sigma=True)
         self._n_reference_events = n
         return self
@@ -522,7 +533,7 @@ class LatentDriftDetector(Detector):
             )
         if not np.isfinite(codes).all() or log_sigma.shape != (1,) or not np.isfinite(log_sigma).all():
             raise ValueError(f"{self.id}: malformed state: non-finite reference codes or bandwidth")
-        kernel = GaussianRBF()
+        kernel = _gaussian_rbf()
         with torch.no_grad():
             kernel.log_sigma.copy_(torch.from_numpy(log_sigma))
         kernel.init_required = False
