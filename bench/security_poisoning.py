@@ -21,6 +21,13 @@ Attacks, each in runs of ``run_length`` windows that start with the attack:
   standard deviations) and are predicted as the target class, as a backdoored model would. Goal: caught in
   the window the trigger starts.
 
+False alarms of ``label_consistency`` are measured on independent clean windows: every trial draws a fresh
+split (train / reference / live, a new seeded permutation), fits the detector on that reference and tests one
+clean window of the live part, then runs one attack run on the same split. (Clean windows drawn again and
+again from one split's small live pool share that pool's hard events: breast_cancer's 228 live events give
+200-event windows that are nearly the same window, so their false alarms are one measurement repeated.) The
+other detectors train a VAE or need many windows per fit, so they use the per-split scheme above.
+
 Each detector runs standalone at ``--alpha`` (0.01 by default, like ``bench/detection_quality.py``;
 ``--alpha 0.000833`` is its share of the monitor's 1 % budget over 12 detectors). Reported per detector,
 attack and dataset: the detection rate in the first attack window and within two windows, the median delay
@@ -237,10 +244,14 @@ def run_split(
     runs: int,
     run_length: int,
     tallies: dict[tuple[str, str], Tally],
+    wanted: set[str],
 ) -> None:
     reference = batch(ds, ds.ref_x, ds.ref_y, "ref-", np.random.default_rng(0))
-    detectors = {d: make_detector(d, alpha).fit(reference) for d in sorted({s.detector for s in SCENARIOS})}
+    wanted = wanted - {"label_consistency"}  # measured on fresh splits, see run_fresh_splits
+    detectors = {d: make_detector(d, alpha).fit(reference) for d in sorted(wanted)}
     for scenario in SCENARIOS:
+        if scenario.detector not in wanted:
+            continue  # measured on fresh splits, see run_fresh_splits
         tally = tallies.setdefault((scenario.detector, scenario.attack_name), Tally(delays=[]))
         detector = detectors[scenario.detector]
         rng = np.random.default_rng(zlib.crc32(f"{ds.name}/{scenario.attack_name}".encode()))
@@ -256,6 +267,43 @@ def run_split(
             first_alert: int | None = None
             for w in range(run_length):
                 window, planted = scenario.attack(ds, *sample(ds, n, rng), rng, f"a{r}-{w}-")
+                result = detector.evaluate(window)
+                named = set(result.evidence.get("subjects", []))
+                tally.attack_windows += 1
+                tally.benign_named_attack += bool(named - planted)
+                if result.status is Status.ALERT and named & planted and first_alert is None:
+                    first_alert = w + 1
+            tally.runs += 1
+            tally.first += first_alert == 1
+            tally.within_two += first_alert is not None and first_alert <= 2
+            assert tally.delays is not None
+            tally.delays.append(first_alert if first_alert is not None else run_length + 1)
+
+
+def run_fresh_splits(
+    name: str, alpha: float, n: int, trials: int, run_length: int, tallies: dict[tuple[str, str], Tally]
+) -> None:
+    """``label_consistency``: one clean window and one attack run per fresh split (independent trials)."""
+    for scenario in SCENARIOS:
+        if scenario.detector != "label_consistency":
+            continue
+        tally = tallies.setdefault((scenario.detector, scenario.attack_name), Tally(delays=[]))
+        for trial in range(trials):
+            ds = load(name, seed=1000 + trial)
+            rng = np.random.default_rng(zlib.crc32(f"{name}/{scenario.attack_name}/{trial}".encode()))
+            reference = batch(ds, ds.ref_x, ds.ref_y, "ref-", rng, stream="training")
+            detector = make_detector(scenario.detector, alpha).fit(reference)
+            rows = rng.choice(len(ds.live_y), size=min(n, len(ds.live_y)), replace=False)
+            window, _ = scenario.clean(ds, ds.live_x[rows], ds.live_y[rows], rng, "c-")
+            result = detector.evaluate(window)
+            if result.status is not Status.SKIPPED:
+                tally.clean_windows += 1
+                tally.false_alarms += result.status is Status.ALERT
+                tally.benign_named_clean += bool(result.evidence.get("subjects"))
+            first_alert: int | None = None
+            for w in range(run_length):
+                rows = rng.choice(len(ds.live_y), size=min(n, len(ds.live_y)), replace=False)
+                window, planted = scenario.attack(ds, ds.live_x[rows], ds.live_y[rows], rng, f"a{w}-")
                 result = detector.evaluate(window)
                 named = set(result.evidence.get("subjects", []))
                 tally.attack_windows += 1
@@ -303,20 +351,38 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--window", type=int, default=200)
+    parser.add_argument(
+        "--trials", type=int, default=400, help="fresh splits for label_consistency (one clean window each)"
+    )
+    parser.add_argument(
+        "--detectors", nargs="+", default=sorted({s.detector for s in SCENARIOS}), help="detectors to run"
+    )
     args = parser.parse_args()
     splits, clean_windows, runs, run_length = (2, 20, 5, 3) if args.quick else (args.splits, 100, 20, 3)
+    trials = 40 if args.quick else args.trials
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; alpha {args.alpha}, windows of {args.window} events, "
-        f"{splits} splits x ({clean_windows} clean windows + {runs} attack runs of {run_length} windows)"
+        f"{splits} splits x ({clean_windows} clean windows + {runs} attack runs of {run_length} windows); "
+        f"label_consistency: {trials} fresh splits x (1 clean window + 1 attack run)"
     )
     started = time.time()
     for name in args.datasets:
         tallies: dict[tuple[str, str], Tally] = {}
-        for split in range(splits):
-            run_split(
-                load(name, seed=split), args.alpha, args.window, clean_windows, runs, run_length, tallies
-            )
+        if "label_consistency" in args.detectors:
+            run_fresh_splits(name, args.alpha, args.window, trials, run_length, tallies)
+        if set(args.detectors) - {"label_consistency"}:
+            for split in range(splits):
+                run_split(
+                    load(name, seed=split),
+                    args.alpha,
+                    args.window,
+                    clean_windows,
+                    runs,
+                    run_length,
+                    tallies,
+                    set(args.detectors),
+                )
         report(name, tallies, args.alpha, run_length)
     print(f"\ntotal {time.time() - started:.0f} s")
 

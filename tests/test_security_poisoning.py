@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -207,6 +207,66 @@ def test_label_consistency_skips_and_validates(digits: Digits, consistency: Labe
         LabelConsistencyDetector(k=0)
     with pytest.raises(ValueError, match=r"alpha must be in \(0.0, 0.5\)"):
         LabelConsistencyDetector(alpha=0.7)
+    with pytest.raises(ValueError, match=r"max_agreeing must be in \[0, k - 1\] = \[0, 9\]"):
+        LabelConsistencyDetector(k=10, max_agreeing=10)
+    # A state counted with another contradiction rule would mis-state the reference rate.
+    with pytest.raises(ValueError, match=r"max_agreeing=1"):
+        LabelConsistencyDetector(max_agreeing=None).load_state_dict(consistency.state_dict())
+
+
+def test_outright_contradictions_separate_flips_from_borderline_labels(
+    digits: Digits, consistency: LabelConsistencyDetector
+) -> None:
+    # The plurality rule also counts honest labels among mixed neighbours; flips are contradicted outright,
+    # so counting only outright contradictions lowers the clean rate and keeps most of the flips.
+    plurality = LabelConsistencyDetector(alpha=_ALPHA, max_agreeing=None).fit(digits.reference())
+    assert consistency.reference_share < 0.5 * plurality.reference_share
+    rows = digits.draw(300, seed=16)
+    labels, flipped = _flip(digits.y[rows], 0.10, seed=17)
+    window = digits.batch(rows, "w-", labels=labels, stream="training")
+    strict, loose = consistency.evaluate(window), plurality.evaluate(window)
+    assert strict.status is Status.ALERT and loose.status is Status.ALERT
+    strict_excess = strict.evidence["findings"][0]["disagreements"] - 300 * consistency.reference_share
+    assert strict_excess >= 0.8 * flipped.size
+    assert strict.p_value is not None and loose.p_value is not None and strict.p_value < loose.p_value
+
+
+def _breast_cancer_split(seed: int) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """A fresh split of breast_cancer: a reference of 30 % and the rest (features, labels) for windows."""
+    data = load_breast_cancer()
+    x, y = data.data.astype(float), data.target
+    order = np.random.default_rng(seed).permutation(len(y))
+    reference, rest = order[: int(0.3 * len(y))], order[int(0.3 * len(y)) :]
+    return _labelled_batch(x[reference], y[reference], "ref-"), x[rest], y[rest]
+
+
+def _labelled_batch(x: np.ndarray, y: np.ndarray, prefix: str) -> Batch:
+    return Batch(
+        event_ids=[f"{prefix}{i}" for i in range(len(y))],
+        features=[{f"f{j}": float(v) for j, v in enumerate(row)} for row in x],
+        labels=[str(int(v)) for v in y],
+        streams=["training"] * len(y),
+    )
+
+
+def test_label_consistency_is_calibrated_and_catches_flips_on_fresh_breast_cancer_splits() -> None:
+    # breast_cancer's reference holds 170 labelled events: the reference rate is uncertain, and each trial
+    # draws a new split, so the clean windows are independent (windows from one split's small pool are not).
+    false_alarms, caught, trials = 0, 0, 40
+    for trial in range(trials):
+        reference, x, y = _breast_cancer_split(seed=100 + trial)
+        detector = LabelConsistencyDetector(alpha=_ALPHA).fit(reference)
+        rng = np.random.default_rng(trial)
+        rows = rng.choice(len(y), 200, replace=False)
+        false_alarms += detector.evaluate(_labelled_batch(x[rows], y[rows], "c-")).status is Status.ALERT
+        rows = rng.choice(len(y), 200, replace=False)
+        flipped = y[rows].copy()
+        flips = rng.random(200) < 0.10
+        flipped[flips] = 1 - flipped[flips]
+        caught += detector.evaluate(_labelled_batch(x[rows], flipped, "a-")).status is Status.ALERT
+    # At alpha 0.01, three or more false alarms in 40 independent windows has probability 0.008.
+    assert false_alarms <= 2
+    assert caught >= 0.8 * trials
 
 
 # ---------------------------------------------------------------------------------------------- group_outcome
