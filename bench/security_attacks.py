@@ -15,11 +15,17 @@ each with its own one attacker added to the benign clients:
   towards another class (the classifier is linear, so this is the exact FGSM step);
 * extraction, uniform: 100 queries per window drawn uniformly within the reference's per-feature range;
 * extraction, replay: 100 natural held-out inputs per window (the hard case: the queries look natural);
-* probing: 25 held-out records x 40 perturbations of 1 % sd, 250 per window, after 3 clean windows.
+* probing: 25 held-out records x 40 perturbations of 1 % sd, 250 per window, after 3 clean windows;
+* population drift, no attacker: every benign input's 8 most variable features moved + 4 sd (the drift of
+  ``sentinel demo``); for evasion in every window, for extraction in 2 windows after 3 clean ones, followed by
+  clean windows whose clients' histories still hold the shifted queries. Reported: benign clients named;
+* evasion, + 6 sd among a population drifted + 4 sd: an evader further out than everyone else;
+* extraction, uniform after a population drift: 3 clean windows, 2 drifted, then the uniform extractor.
 
 Reported per dataset, detector and scenario: the share of attack windows that alert naming the attacker, the
-false alarms per clean window, the benign clients ever named, and the delay (windows, and queries of the
-attacker, to the first alert naming it), the median over splits.
+false alarms per clean window (for the drift scenarios: the windows without attacker that alert), the
+benign clients ever named, and the delay (windows, and queries of the attacker, to the first alert naming
+it), the median over splits.
 """
 
 from __future__ import annotations
@@ -92,11 +98,28 @@ def load(name: str, seed: int) -> Split:
 Attacker = Callable[[Split, int, np.random.Generator], np.ndarray]
 
 
-def out_of_range(split: Split, n: int, rng: np.random.Generator) -> np.ndarray:
-    x = split.live_x[rng.choice(len(split.live_x), n, replace=False)].copy()
+DRIFT_SD = 4.0  # the population drift: + 4 sd on the 8 most variable features, as the out-of-range evader
+
+
+def shifted(split: Split, x: np.ndarray, sd: float) -> np.ndarray:
+    """A copy of ``x`` with its 8 most variable features moved up by ``sd`` reference standard deviations."""
     moved = np.argsort(-split.std)[:8]
-    x[:, moved] += 4.0 * split.std[moved]
-    return x
+    out = x.copy()
+    out[:, moved] += sd * split.std[moved]
+    return out
+
+
+def out_of_range(split: Split, n: int, rng: np.random.Generator) -> np.ndarray:
+    return shifted(split, split.live_x[rng.choice(len(split.live_x), n, replace=False)], DRIFT_SD)
+
+
+def further_out(split: Split, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Out-of-range inputs 2 sd further than the population drift moves everyone."""
+    return shifted(split, split.live_x[rng.choice(len(split.live_x), n, replace=False)], DRIFT_SD + 2.0)
+
+
+def no_attacker(split: Split, n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.empty((0, split.live_x.shape[1]))
 
 
 def fgsm(split: Split, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,6 +161,8 @@ class Scenario:
     per_window: int
     attacker: Attacker | None  # None: the probing attack, a fixed 1,000-query sequence
     clean_before: int = 0
+    drifted: range = range(0)  # windows in which every benign client's inputs are shifted (population drift)
+    after: int = 0  # windows of benign traffic (and the attacker, if any) after the attack windows
 
 
 SCENARIOS = [
@@ -146,6 +171,28 @@ SCENARIOS = [
     Scenario("extraction", "uniform random queries", 100, uniform),
     Scenario("extraction", "replay of natural held-out data (hard case)", 100, replay),
     Scenario("probing", "25 records x 40 perturbations", 250, None, clean_before=3),
+    Scenario(
+        "evasion", "population drift (+4 sd, every client), no attacker", 0, no_attacker, drifted=range(99)
+    ),
+    Scenario(
+        "evasion", "out of range (+6 sd) among a population drifted +4 sd", 30, further_out, drifted=range(99)
+    ),
+    Scenario(
+        "extraction",
+        "population drift (+4 sd) for 2 windows after 3 clean, no attacker",
+        0,
+        no_attacker,
+        clean_before=5,
+        drifted=range(3, 5),
+    ),
+    Scenario(
+        "extraction",
+        "uniform random queries after a population drift",
+        100,
+        uniform,
+        clean_before=5,
+        drifted=range(3, 5),
+    ),
 ]
 
 
@@ -153,6 +200,8 @@ SCENARIOS = [
 class Outcome:
     alerts: int = 0
     windows: int = 0
+    quiet_alerts: int = 0  # alerts in windows without an active attacker
+    quiet_windows: int = 0
     named_benign: set[str] = field(default_factory=set)
     delay_windows: float = float("nan")
     delay_queries: float = float("nan")
@@ -167,9 +216,10 @@ def traffic(
     out = []
     for w in range(windows):
         rows, clients = [], []
+        drift = DRIFT_SD if scenario is not None and w in scenario.drifted else 0.0
         for c, order in enumerate(orders):
             chosen = order[(w * PER_CLIENT) % len(order) :][:PER_CLIENT]
-            rows.append(split.live_x[chosen])
+            rows.append(shifted(split, split.live_x[chosen], drift))
             clients += [f"benign-{c}"] * len(chosen)
         active = scenario is not None and w >= scenario.clean_before
         if scenario is not None and active:
@@ -203,6 +253,9 @@ def run_scenario(
             if hit and np.isnan(outcome.delay_windows):
                 outcome.delay_windows = w - before + 1
                 outcome.delay_queries = (w - before + 1) * per_window
+        elif result.status is not Status.SKIPPED:
+            outcome.quiet_windows += 1
+            outcome.quiet_alerts += result.status is Status.ALERT
     return outcome
 
 
@@ -283,24 +336,47 @@ def main() -> None:
             )
         for i, scenario in enumerate(SCENARIOS):
             outcomes = per_scenario[i]
-            rate = sum(o.alerts for o in outcomes) / max(1, sum(o.windows for o in outcomes))
+            attacked = sum(o.windows for o in outcomes)
+            rate = f"{sum(o.alerts for o in outcomes) / attacked:.2f}" if attacked else "-"
+            quiet = sum(o.quiet_windows for o in outcomes)
+            quiet_alarms = sum(o.quiet_alerts for o in outcomes)
+            false_alarms = f"{quiet_alarms / quiet:.3f} ({quiet_alarms}/{quiet})" if quiet else "-"
             named = set().union(*(o.named_benign for o in outcomes))
             caught = [o for o in outcomes if not np.isnan(o.delay_windows)]
             delay_w = f"{np.median([o.delay_windows for o in caught]):.0f}" if caught else "never"
             delay_q = f"{np.median([o.delay_queries for o in caught]):.0f}" if caught else "never"
+            if not attacked:  # no attacker to catch
+                delay_w = delay_q = "-"
             rows.append(
                 (
                     name,
                     scenario.detector,
                     scenario.name,
-                    f"{rate:.2f}",
-                    "-",
+                    rate,
+                    false_alarms,
                     str(len(named)),
                     delay_w,
                     delay_q,
                 )
             )
-            if scenario.detector == "extraction" and scenario.attacker is uniform:
+            if scenario.drifted and scenario.attacker is no_attacker:
+                goals.append(
+                    (
+                        f"{name}: {scenario.detector} names no benign client in a population drift",
+                        str(len(named)),
+                        not named,
+                    )
+                )
+            elif scenario.drifted:
+                ok = len(caught) == len(outcomes) and not named
+                goals.append(
+                    (
+                        f"{name}: {scenario.detector}, {scenario.name}: caught in every run, no benign named",
+                        delay_w,
+                        ok,
+                    )
+                )
+            elif scenario.detector == "extraction" and scenario.attacker is uniform:
                 ok = (
                     len(caught) == len(outcomes)
                     and all(o.delay_queries <= 500 for o in outcomes)

@@ -17,9 +17,25 @@ The rate of suspicious events among clean traffic is measured on a held-out part
 (``calibration_share``, never seen by the VAE): with ``c`` suspicious out of ``m``, a clean client's count
 among its ``n`` events is ``BetaBinomial(n, c + 1, m - c)``, which accounts for the estimate's own
 uncertainty (the same conformal treatment as ``vae_anomaly``). Each client with at least ``min_queries``
-events in the window is tested (one-sided, more suspicious events); the p-values are Bonferroni-corrected over
-the clients tested, and the window alerts when the smallest is ``<= alpha``. The test is per window: nothing
-is remembered between windows.
+events in the window is tested (one-sided, more suspicious events).
+
+**Peers.** When the whole population shifts (a broken feature pipeline moving every input), every client is
+anomalous against the reference and the test above would name all of them; that is drift, and the drift
+detectors report it. A client is therefore flagged only if it *also* stands out from its peers: its
+events' VAE scores are compared with those of every other event of the window by a one-sided Mann-Whitney
+test ("are this client's inputs further out than everyone else's?"). The two tests are combined as an
+intersection-union test: the client's p-value is the larger of the two, each Bonferroni-corrected over the
+clients tested, and the window alerts when the smallest is ``<= alpha``. An evader among a drifted
+population is still caught if its inputs are further out than the population's (on load_digits and
+load_breast_cancer, an evader at +5 sd among a population at +4 sd on the same 8 features), not if they are
+moved exactly as the population's are: then nothing in its inputs tells it apart. The rank test treats the
+window's events as exchangeable under "no attacker"; clients whose honest inputs differ systematically (one
+region's camera) can stand out from their peers too, but they are named only if they are also anomalous
+against the reference. With fewer than ``min_peers`` clients tested, the peers say too little about the
+population: the reference-only test applies, and the evidence says so (``peer_comparison`` false, with a
+``peer_comparison_note``).
+
+The test is per window: nothing is remembered between windows.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from scipy import stats
 from detectors.anomaly.vae import VAEAnomalyDetector
 from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 from detectors.drift._stats import check_float, check_int, parse_float, plain
+from detectors.security._clients import MIN_PEERS, rank_sum_p_values
 
 __all__ = ["EvasionDetector"]
 
@@ -73,6 +90,9 @@ class EvasionDetector(Detector):
     ----------
     alpha
         False-alarm rate per window, in (0, 0.5); Bonferroni-split over the clients tested in the window.
+    min_peers
+        Clients tested in the window needed for the peer comparison (>= 3); with fewer, a client is judged
+        against the reference only.
     confidence_quantile
         An answer is confident when its top score reaches this quantile of the reference's, in (0, 1).
     margin_quantile
@@ -90,10 +110,15 @@ class EvasionDetector(Detector):
     Notes
     -----
     ``statistic`` is the most significant client's share of suspicious events, ``threshold`` the share that
-    would have alerted for it, ``p_value`` its corrected p-value. ``evidence["subjects"]`` names the flagged
-    client ids, most significant first; ``evidence["findings"]`` holds for each: ``suspicious``,
-    ``anomalous``, ``confident`` and ``near_tie`` counts among its ``queries``, the reference rate
-    (``expected_share``), and the ids of its suspicious events (at most 20, most anomalous first).
+    would have alerted for it against the reference (with the peer comparison on, the client must also stand
+    out from its peers), ``p_value`` its corrected p-value, the larger of ``reference_p_value`` and
+    ``peer_p_value``. ``evidence["subjects"]`` names the flagged client ids, most significant first;
+    ``evidence["findings"]`` holds for each: ``suspicious``, ``anomalous``, ``confident`` and ``near_tie``
+    counts among its ``queries``, the reference rate (``expected_share``), both corrected p-values, its median
+    VAE score and the other events' (``median_score``, ``peer_median_score``), and the ids of its suspicious
+    events (at most 20, most anomalous first). ``evidence["clients_shifted_with_peers"]`` counts the clients
+    anomalous against the reference that did not stand out from their peers: many of them mean the
+    population shifted.
     """
 
     id: ClassVar[str] = "evasion"
@@ -103,6 +128,7 @@ class EvasionDetector(Detector):
         self,
         *,
         alpha: float = 0.01,
+        min_peers: int = MIN_PEERS,
         confidence_quantile: float = 0.5,
         margin_quantile: float = 0.1,
         calibration_share: float = 0.25,
@@ -111,6 +137,7 @@ class EvasionDetector(Detector):
         vae: Mapping[str, Any] | None = None,
     ) -> None:
         self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.min_peers = check_int("min_peers", min_peers, 3)
         self.confidence_quantile = check_float("confidence_quantile", confidence_quantile, 0.0, 1.0)
         self.margin_quantile = check_float("margin_quantile", margin_quantile, 0.0, 0.5)
         self.calibration_share = check_float("calibration_share", calibration_share, 0.0, 0.5)
@@ -142,6 +169,7 @@ class EvasionDetector(Detector):
         """The constructor arguments (JSON-serialisable); ``vae`` with every inner parameter spelt out."""
         return {
             "alpha": self.alpha,
+            "min_peers": self.min_peers,
             "confidence_quantile": self.confidence_quantile,
             "margin_quantile": self.margin_quantile,
             "calibration_share": self.calibration_share,
@@ -236,7 +264,7 @@ class EvasionDetector(Detector):
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test each client's share of suspicious events against the reference rate.
+        """Test each client's share of suspicious events against the reference rate, and against its peers.
 
         Parameters
         ----------
@@ -269,7 +297,7 @@ class EvasionDetector(Detector):
         for i, client in enumerate(window.client_ids):
             if client is not None:
                 rows.setdefault(str(client), []).append(i)
-        eligible = {client: np.array(r) for client, r in rows.items() if len(r) >= self.min_queries}
+        eligible = {client: np.array(r) for client, r in sorted(rows.items()) if len(r) >= self.min_queries}
         if not eligible:
             return self.skipped(
                 n, f"no client has {self.min_queries} events in the window ({len(rows)} clients)"
@@ -278,24 +306,33 @@ class EvasionDetector(Detector):
         suspicious, anomalous, confident, near_tie = self._suspicious(scores, top, margin)
         a, b = self._n_suspicious + 1, self._n_calibration - self._n_suspicious
         m = len(eligible)
+        with_peers = m >= self.min_peers
+        # Every other event of the window is a peer, also those of clients too small to be tested themselves.
+        peer_p = rank_sum_p_values(scores, list(eligible.values())) if with_peers else np.zeros(m)
         findings: list[dict[str, Any]] = []
-        for client, r in sorted(eligible.items()):
+        for (client, r), p_peer_raw in zip(eligible.items(), peer_p, strict=True):
             k = int(suspicious[r].sum())
-            p_raw = float(stats.betabinom.sf(k - 1, r.size, a, b)) if k else 1.0
+            p_reference = min(1.0, m * float(stats.betabinom.sf(k - 1, r.size, a, b))) if k else 1.0
+            p_peer = min(1.0, m * float(p_peer_raw))
             flagged_rows = r[suspicious[r]]
             ranked = flagged_rows[np.argsort(-scores[flagged_rows], kind="stable")][:_MAX_IDS]
             findings.append(
                 {
                     "subject": client,
                     "statistic": plain(k / r.size),
-                    "p_value": min(1.0, m * p_raw),
+                    # Intersection-union: flagged only if unlike the reference AND unlike the peers.
+                    "p_value": max(p_reference, p_peer),
                     "threshold": None,  # filled in for the reported findings only
+                    "reference_p_value": p_reference,
+                    "peer_p_value": p_peer if with_peers else None,
                     "expected_share": plain(a / (a + b)),
                     "queries": int(r.size),
                     "suspicious": k,
                     "anomalous": int(anomalous[r].sum()),
                     "confident": int((anomalous & confident)[r].sum()),
                     "near_tie": int((anomalous & near_tie)[r].sum()),
+                    "median_score": plain(np.median(scores[r])),
+                    "peer_median_score": None,  # filled in for the reported findings only
                     "event_ids": [str(window.event_ids[i]) for i in ranked],
                 }
             )
@@ -304,15 +341,27 @@ class EvasionDetector(Detector):
         top_finding = findings[0]
         for finding in [*flagged, top_finding]:
             finding["threshold"] = plain(_critical_share(finding["queries"], self.alpha / m, (a, b)))
+            others = np.ones(n, dtype=bool)
+            others[eligible[finding["subject"]]] = False
+            finding["peer_median_score"] = plain(np.median(scores[others])) if others.any() else None
         evidence: dict[str, Any] = {
             "subjects": [f["subject"] for f in flagged],
             "findings": flagged,
             "clients_tested": m,
             "clients_in_window": len(rows),
+            "peer_comparison": with_peers,
+            "clients_shifted_with_peers": sum(
+                f["reference_p_value"] <= self.alpha < f["p_value"] for f in findings
+            ),
             "score_threshold": plain(vae.score_threshold),
             "confidence_cut": plain(self._confidence_cut),
             "margin_cut": plain(self._margin_cut),
         }
+        if not with_peers:
+            evidence["peer_comparison_note"] = (
+                f"only {m} clients with {self.min_queries} events in the window ({self.min_peers} needed to "
+                "compare a client with its peers): each client is judged against the reference only"
+            )
         if not flagged:
             evidence["most_significant"] = {k: v for k, v in top_finding.items() if k != "subject"}
         return DetectionResult(

@@ -25,6 +25,18 @@ synthesises queries (random points, perturbations of a few seeds) does not, and 
   normal, only much larger than natural ones. A second signal therefore tests the *level*: the log median of
   the same distances against the pseudo-clients' (one-sided, larger), calibrated the same way.
 
+**Peers.** Both tests compare a client with benign pseudo-clients drawn from the reference. When the whole
+population shifts, every client's distances change: during the shift, and for as long as the clients'
+histories hold the shifted queries, after it (a natural query then has fewer natural predecessors, so its
+distance to the nearest grows; on load_digits, two windows at +4 sd on 8 features lifted the benign clients'
+level z-scores from about 0 to about 3, and several crossed the threshold). A client is therefore flagged on
+a signal only if it also stands out from the other clients tested in the window: its z-score of that signal
+as a robust z-score against theirs (median and MAD of the others, the spread no smaller than the reference
+pseudo-clients' spread of 1), with a Student-t p-value whose degrees of freedom reflect the MAD's
+uncertainty (:func:`~detectors.security._clients.peer_p_values`). The two tests of a signal are combined as
+an intersection-union test: its p-value is the larger of the two. With fewer than ``min_peers`` clients
+tested, the reference-only test applies, and the evidence says so.
+
 A client's p-value is ``2 min(p_W, p_level)`` (Bonferroni over the two signals); the window alerts when the
 smallest p-value, Bonferroni-corrected for the number of clients tested in the window, is ``<= alpha``.
 Query volume (a robust z-score of the client's count among the window's clients) and input-space coverage
@@ -49,9 +61,12 @@ from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 from detectors.drift._stats import check_float, check_int, plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
+    MIN_PEERS,
     ClientHistories,
     earlier_distances,
     group_by_client,
+    peer_p_values,
+    peer_robust_z,
     pseudo_client_streams,
     robust_z,
 )
@@ -68,6 +83,13 @@ _SIGNALS = 2
 
 # A standard deviation of the calibration statistics below this is treated as this (a degenerate reference).
 _MIN_SPREAD = 1e-6
+
+# Floor of the peers' spread of a z-score: the reference pseudo-clients' spread, 1 by construction. Benign
+# clients vary at least as much as pseudo-clients drawn from the reference; a smaller MAD among a few peers is
+# chance, and would turn a small difference into a large peer z-score.
+_MIN_PEER_SPREAD = 1.0
+
+_SIGNAL_NAMES = ("normality", "distance")
 
 
 def _shapiro_w(distances: np.ndarray) -> float:
@@ -105,6 +127,9 @@ class ExtractionDetector(Detector):
     ----------
     alpha
         False-alarm rate per window, in (0, 0.5); Bonferroni-split over the clients tested in the window.
+    min_peers
+        Clients tested in the window needed for the peer comparison (>= 3); with fewer, a client is judged
+        against the reference only.
     min_queries
         A client is tested once it has this many query distances (>= 10); ``fit`` needs more reference
         events than this.
@@ -124,14 +149,18 @@ class ExtractionDetector(Detector):
 
     Notes
     -----
-    ``statistic`` is the z-score of the most significant client (the larger of its normality and level
-    z-scores), ``threshold`` the z-score that alerts after the corrections, ``p_value`` that client's
-    corrected p-value. ``evidence["subjects"]`` names the flagged client ids, most significant first, and
-    ``evidence["findings"]`` holds for each: ``w`` and ``delta``, ``median_distance`` and
-    ``distance_threshold`` (and the benign median), the ``signal`` that fired (``"normality"`` or
-    ``"distance"``), query counts, ``volume_z``, ``coverage`` (and the benign coverage at that size) and the
-    client's latest event ids in the window. ``evidence["most_significant"]`` gives the same for the top
-    client of a window that does not alert, without naming it a subject.
+    ``statistic`` is the z-score of the most significant client: per signal, the normal quantile of the
+    signal's p-value (its z-score against the reference, or the normal equivalent of its peer p-value when
+    that is larger), the larger over the two signals. ``threshold`` is the z-score that alerts after the
+    corrections, ``p_value`` that client's corrected p-value. ``evidence["subjects"]`` names the flagged
+    client ids, most significant first, and ``evidence["findings"]`` holds for each: ``w`` and ``delta``,
+    ``median_distance`` and ``distance_threshold`` (and the benign median), the ``signal`` that fired
+    (``"normality"`` or ``"distance"``), its ``reference_z`` and ``reference_p_value``, its ``peer_z``,
+    ``peer_p_value`` and the peers' median z (``peer_median_z``), query counts, ``volume_z``, ``coverage``
+    (and the benign coverage at that size) and the client's latest event ids in the window.
+    ``evidence["most_significant"]`` gives the same for the top client of a window that does not alert,
+    without naming it a subject; ``evidence["clients_shifted_with_peers"]`` counts the clients that fail the
+    reference test but not the peer test (many of them: the population shifted).
 
     Memory: at most ``max_clients * max_history * (4 * dim + 8)`` bytes of histories, ``dim`` the encoded
     width (two columns per numeric feature).
@@ -145,6 +174,7 @@ class ExtractionDetector(Detector):
         self,
         *,
         alpha: float = 0.01,
+        min_peers: int = MIN_PEERS,
         min_queries: int = 50,
         max_history: int = 300,
         max_clients: int = 1000,
@@ -154,6 +184,7 @@ class ExtractionDetector(Detector):
         seed: int = 0,
     ) -> None:
         self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.min_peers = check_int("min_peers", min_peers, 3)
         self.min_queries = check_int("min_queries", min_queries, 10)
         self.max_history = check_int("max_history", max_history, self.min_queries)
         self.max_clients = check_int("max_clients", max_clients, 1)
@@ -180,6 +211,7 @@ class ExtractionDetector(Detector):
         """The constructor arguments (JSON-serialisable)."""
         return {
             "alpha": self.alpha,
+            "min_peers": self.min_peers,
             "min_queries": self.min_queries,
             "max_history": self.max_history,
             "max_clients": self.max_clients,
@@ -341,7 +373,7 @@ class ExtractionDetector(Detector):
         return self._result(n, tested, n_clients=len(groups))
 
     def _test_client(self, values: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
-        """Both tests on a client's stored distances (p-values before the correction over clients)."""
+        """Both tests on a client's stored distances against the reference (z-scores, raw p-values)."""
         j = int(np.searchsorted(self._checkpoints, min(values.size, self.max_history), side="right")) - 1
         size = int(self._checkpoints[j])
         recent = values[-size:]
@@ -352,9 +384,7 @@ class ExtractionDetector(Detector):
         return {
             "checkpoint": j,
             "tested_distances": size,
-            "z": float(max(z_w, z_level)),
-            "p_raw": min(1.0, _SIGNALS * min(p_w, p_level)),
-            "signal": "normality" if p_w <= p_level else "distance",
+            "reference_zs": (float(z_w), float(z_level)),
             "w": plain(w),
             "w_p_value": plain(p_w),
             "median_distance": plain(float(np.median(recent))),
@@ -366,18 +396,41 @@ class ExtractionDetector(Detector):
 
     def _result(self, n: int, tested: list[dict[str, Any]], n_clients: int) -> DetectionResult:
         m = len(tested)
+        with_peers = m >= self.min_peers
         # The z-score at which a client's corrected p-value reaches alpha.
         z_critical = float(stats.norm.isf(self.alpha / (m * _SIGNALS)))
+        reference_z = np.array([finding.pop("reference_zs") for finding in tested]).reshape(m, _SIGNALS)
+        reference_p = stats.norm.sf(reference_z)
+        if with_peers:
+            peer = [peer_robust_z(reference_z[:, s], _MIN_PEER_SPREAD) for s in range(_SIGNALS)]
+            peer_z = np.column_stack([z for z, _, _ in peer])
+            peer_centre = np.column_stack([centre for _, centre, _ in peer])
+            peer_p = np.column_stack([peer_p_values(z, m - 1) for z, _, _ in peer])
+        else:
+            peer_z = peer_centre = np.full((m, _SIGNALS), np.nan)
+            peer_p = np.zeros((m, _SIGNALS))
+        # Intersection-union per signal: flagged on it only if unlike the reference AND unlike the peers.
+        signal_p = np.maximum(reference_p, peer_p)
+        # The same on the z scale, computed from the z-scores where they exist (a p-value of 1e-400 underflows
+        # to 0, and its quantile would be infinite).
+        signal_z = np.minimum(reference_z, stats.norm.isf(peer_p)) if with_peers else reference_z
         findings = []
-        for finding in tested:
+        for i, finding in enumerate(tested):
             j = finding.pop("checkpoint")
-            p_value = min(1.0, m * finding.pop("p_raw"))
+            s = int(np.lexsort((-signal_z[i], signal_p[i]))[0])  # the most significant signal, ties by z
+            p_raw = min(1.0, _SIGNALS * float(signal_p[i, s]))
             findings.append(
                 {
                     "subject": finding.pop("subject"),
-                    "statistic": plain(finding.pop("z")),
-                    "p_value": p_value,
+                    "statistic": plain(float(signal_z[i].max())),
+                    "p_value": min(1.0, m * p_raw),
                     "threshold": plain(z_critical),
+                    "signal": _SIGNAL_NAMES[s],
+                    "reference_z": plain(reference_z[i, s]),
+                    "reference_p_value": min(1.0, m * _SIGNALS * float(reference_p[i, s])),
+                    "peer_z": plain(peer_z[i, s]),
+                    "peer_p_value": min(1.0, m * _SIGNALS * float(peer_p[i, s])) if with_peers else None,
+                    "peer_median_z": plain(peer_centre[i, s]),
                     "delta": plain(1.0 - math.exp(self._w_mean[j] + self._w_sd[j] * z_critical)),
                     "distance_threshold": plain(
                         math.exp(self._level_mean[j] + self._level_sd[j] * z_critical)
@@ -388,15 +441,28 @@ class ExtractionDetector(Detector):
         findings.sort(key=lambda f: (f["p_value"], -(f["statistic"] or 0.0), f["subject"]))
         flagged = [f for f in findings if f["p_value"] <= self.alpha]
         top = findings[0]
+        shifted_with_peers = int(
+            np.sum(
+                (m * _SIGNALS * reference_p.min(axis=1) <= self.alpha)
+                & (m * _SIGNALS * signal_p.min(axis=1) > self.alpha)
+            )
+        )
         evidence: dict[str, Any] = {
             "subjects": [f["subject"] for f in flagged],
             "findings": flagged,
             "clients_tested": m,
             "clients_in_window": n_clients,
+            "peer_comparison": with_peers,
+            "clients_shifted_with_peers": shifted_with_peers,
             "clients_remembered": len(self._clients),
             "clients_evicted": self._clients.evicted,
             "clients_expired": self._clients.expired,
         }
+        if not with_peers:
+            evidence["peer_comparison_note"] = (
+                f"only {m} clients with {self.min_queries} query distances in the window ({self.min_peers} "
+                "needed to compare a client with its peers): each client is judged against the reference only"
+            )
         if not flagged:
             evidence["most_significant"] = {k: v for k, v in top.items() if k != "subject"}
         return DetectionResult(
