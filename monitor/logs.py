@@ -47,6 +47,29 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class NoLibraryTracebacks(logging.Filter):
+    """Drop the traceback from a third-party library's record, keep its message.
+
+    kafka-python logs a broken connection (a broker restarting, a proxy cutting the link) with the full stack
+    of its network layer; the message says what happened, and a traceback in the daemon's log reads as a
+    crash of Sentinel, which it is not. The daemon's own errors keep theirs.
+    """
+
+    def __init__(self, libraries: tuple[str, ...] = ("kafka",)) -> None:
+        super().__init__()
+        self.prefixes = tuple(f"{name}." for name in libraries)
+        self.libraries = libraries
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_library = record.name in self.libraries or record.name.startswith(self.prefixes)
+        if from_library and record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = f"{record.msg} ({type(error).__name__}: {error})"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of the record, not at set-up (which may be closed)."""
 
@@ -65,6 +88,8 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
         handler.setFormatter(JsonLineFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if level != "DEBUG":
+        handler.addFilter(NoLibraryTracebacks())  # on the handler: logger filters do not reach child loggers
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

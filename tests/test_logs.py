@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from monitor.logs import JsonLineFormatter, RepeatFilter
+import pytest
+
+from monitor.logs import JsonLineFormatter, RepeatFilter, configure_logging
 
 
 def record(message: str, created: float, level: int = logging.ERROR) -> logging.LogRecord:
@@ -38,3 +40,25 @@ def test_repeat_filter_lets_one_through_per_interval_and_counts_the_rest() -> No
     later = record("refused", 131.0)
     assert gate.filter(later)
     assert "2 similar messages" in later.getMessage()
+
+
+def test_library_tracebacks_become_one_line_and_the_daemons_own_stay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("INFO")
+    try:
+        try:
+            raise ConnectionResetError("Connection reset by peer")
+        except ConnectionResetError:
+            logging.getLogger("kafka.net.transport").exception("Error receiving network data closing socket")
+            logging.getLogger("sentinel.daemon").exception("crashed")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    kafka_line = next(line for line in err.splitlines() if "kafka.net.transport" in line)
+    assert "ConnectionResetError: Connection reset by peer" in kafka_line
+    assert err.count("Traceback") == 1  # the daemon's own error keeps its traceback
+    assert err.index("Traceback") > err.index("sentinel.daemon")
