@@ -183,5 +183,5 @@ def test_kafka_security_settings_reach_the_client_and_sasl_needs_credentials() -
         True,
     )
     assert "pw" not in repr(config.kafka)
-    with pytest.raises(ConfigError, match="kafka: .*needs sasl_mechanism and sasl_plain_username"):
+    with pytest.raises(ConfigError, match=r"kafka: .*needs sasl_mechanism and sasl_plain_username"):
         load_config(environ={"SENTINEL_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
