@@ -92,7 +92,8 @@ class ModelRuntime:
     warmup_offsets: OffsetFloor = field(default_factory=OffsetFloor)
     reference_ids: frozenset[str] = frozenset()
     reference_id: int | None = None
-    reference_events: list[PredictionEvent] = field(default_factory=list)
+    reference_events: list[PredictionEvent] = field(default_factory=list)  # dropped once fitted
+    reference_count: int = 0
     schema: FeatureSchema | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     fit_errors: dict[str, str] = field(default_factory=dict)
@@ -518,6 +519,9 @@ class Pipeline:
             runtime.fit_errors = errors
             runtime.phase = ModelPhase.READY
             runtime.reference_ids = runtime.reference_ids | runtime.warmup_ids
+            # The fitted state is what evaluation needs; the events (megabytes per model) are stored.
+            runtime.reference_count = len(runtime.reference_events)
+            runtime.reference_events = []
             runtime.warmup = []
             runtime.warmup_offsets = OffsetFloor()
 
@@ -712,7 +716,9 @@ class Pipeline:
                     "open_windows": len(runtime.windows),
                     "closing_windows": len(runtime.closing),
                     "open_events": sum(w.n_events for w in runtime.windows.values()),
-                    "reference_events": len(runtime.reference_events) or len(runtime.warmup),
+                    "reference_events": runtime.reference_count
+                    or len(runtime.reference_events)
+                    or len(runtime.warmup),
                     "duplicates": runtime.duplicates,
                     "fit_errors": dict(runtime.fit_errors),
                 }

@@ -417,3 +417,15 @@ def test_backdoor_skips_and_validates(digits: Digits, backdoor: BackdoorDetector
     assert BackdoorDetector(seed=3, vae={"seed": 5}).get_params()["vae"]["seed"] == 5
     with pytest.raises(ValueError, match=r"vae: latent_dim must be >= 1"):
         BackdoorDetector(vae={"latent_dim": 0})
+
+
+def test_k_nearest_selection_equals_a_stable_full_sort_even_with_ties() -> None:
+    from detectors.security.label_consistency import _k_smallest
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n, m, k = int(rng.integers(1, 60)), int(rng.integers(1, 80)), int(rng.integers(1, 15))
+        distances = rng.integers(0, 6, size=(n, m)).astype(float)  # small integers: many ties
+        distances[rng.random((n, m)) < 0.1] = np.inf  # as leave-one-out marks a point's own row
+        expected = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(_k_smallest(distances, k), expected)

@@ -86,10 +86,33 @@ def _neighbour_codes(
         if leave_one_out:
             rows = np.arange(chunk.shape[0])
             distances[rows, start + rows] = np.inf
-        # Sorting every row is simpler than argpartition + sort and costs little at these sizes.
-        nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
-        codes[start : start + chunk.shape[0]] = reference_codes[nearest]
+        codes[start : start + chunk.shape[0]] = reference_codes[_k_smallest(distances, k)]
     return codes
+
+
+def _k_smallest(distances: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the ``k`` smallest values, smallest first, ties to the lower index: exactly
+    ``np.argsort(distances, axis=1, kind="stable")[:, :k]``, without sorting whole rows.
+
+    A full sort of every row was the largest cost of a 10,000-event window (bench/perf_detectors.py). Here
+    ``argpartition`` finds each row's k-th value; the row's values up to it are taken in index order and
+    sorted stably, which is the stable sort's answer whenever exactly k values are that small. Rows with a tie
+    at the k-th value (more than k) take the full stable sort.
+    """
+    n_rows, n_columns = distances.shape
+    if k >= n_columns:
+        return np.argsort(distances, axis=1, kind="stable")[:, :k]
+    kth = np.partition(distances, k - 1, axis=1)[:, k - 1]
+    within = distances <= kth[:, None]
+    exact = within.sum(axis=1) == k
+    nearest = np.empty((n_rows, k), dtype=np.int64)
+    if exact.any():
+        columns = np.nonzero(within[exact])[1].reshape(-1, k)  # in index order within each row
+        order = np.argsort(np.take_along_axis(distances[exact], columns, axis=1), axis=1, kind="stable")
+        nearest[exact] = np.take_along_axis(columns, order, axis=1)
+    if not exact.all():
+        nearest[~exact] = np.argsort(distances[~exact], axis=1, kind="stable")[:, :k]
+    return nearest
 
 
 def _plurality(codes: np.ndarray, n_classes: int) -> np.ndarray:

@@ -306,7 +306,8 @@ class ProbingDetector(Detector):
     def _critical_share(self, n_scored: int, level: float, beta: tuple[int, int]) -> float | None:
         """Smallest near-duplicate share among ``n_scored`` queries whose tail probability is ``<= level``."""
         counts = np.arange(n_scored + 1)
-        tails = stats.betabinom.sf(counts - 1, n_scored, *beta)
+        # P(X >= k) for every k from one pmf: scipy's sf sums the pmf again for each k (quadratic in n).
+        tails = np.cumsum(stats.betabinom.pmf(counts, n_scored, *beta)[::-1])[::-1]
         alerting = np.flatnonzero((tails <= level) & (counts >= self.min_duplicates))
         return float(alerting[0] / n_scored) if alerting.size else None
 
