@@ -14,9 +14,12 @@ import abc
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from detectors.encoding import FeatureSchema
 
 FeatureValue = float | int | str | bool | None
 
@@ -60,6 +63,12 @@ class Batch:
     embeddings: Sequence[Sequence[float] | None] = ()
     groups: Sequence[Mapping[str, str]] = ()
     streams: Sequence[str] = ()  # "inference" (live traffic) or "training" (labelled data for retraining)
+    # Encoded feature matrices by schema, filled by ``encoded``: seven of the default detectors encode the
+    # same window with equal schemas (all fitted on the same reference), and encoding the feature dicts is
+    # the costliest shared step of a large window.
+    _encodings: dict[FeatureSchema, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         n = len(self.event_ids)
@@ -80,6 +89,19 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.event_ids)
+
+    def encoded(self, schema: FeatureSchema) -> np.ndarray:
+        """``schema.encode(self.features)``, computed once per batch and equal schema.
+
+        The matrix is shared by every caller with an equal schema, so it is returned read-only: a detector
+        that needs to change it must copy it first.
+        """
+        matrix = self._encodings.get(schema)
+        if matrix is None:
+            matrix = schema.encode(self.features)
+            matrix.flags.writeable = False
+            self._encodings[schema] = matrix
+        return matrix
 
 
 @dataclass(frozen=True)

@@ -463,6 +463,15 @@ class FeatureSchema:
             return NotImplemented
         return self._numeric == other._numeric and self._categories == other._categories
 
+    def __hash__(self) -> int:
+        # Consistent with __eq__, so that equal schemas share one encoding of a window (Batch.encoded).
+        return hash(
+            (
+                tuple(sorted(self._numeric.items())),
+                tuple((name, tuple(cats)) for name, cats in sorted(self._categories.items())),
+            )
+        )
+
     def __repr__(self) -> str:
         n_numeric = sum(kind == "numeric" for kind in self._kinds.values())
         return (

@@ -7,6 +7,7 @@ predictions (label and scores) and the true labels, so that every detector has t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -246,3 +247,27 @@ _values = st.recursive(
 @given(st.dictionaries(st.text(max_size=6), _values, max_size=4))
 def test_state_round_trip_property(state: dict[str, Any]) -> None:
     _assert_same(load_state(dump_state(state)), state)
+
+
+def test_detectors_sharing_one_window_get_the_results_they_get_alone(cancer: tuple[Batch, Batch]) -> None:
+    # The pipeline hands one Batch to every detector, which keeps its encoded feature matrix for the next
+    # detector with an equal schema (Batch.encoded). Sharing must change nothing: no detector may see
+    # another's work, and the shared matrix must survive each of them unchanged.
+    reference, window = cancer
+    reference = dataclasses.replace(reference)  # a Batch with no cached encodings
+    states: dict[str, dict[str, Any]] = {}
+    for detector_id in sorted(DETECTORS):
+        fitted = create_detector(detector_id, _FAST_PARAMS.get(detector_id, {})).fit(reference)
+        states[detector_id] = load_state(dump_state(fitted.state_dict()))
+
+    def restored(detector_id: str) -> Detector:
+        params = _FAST_PARAMS.get(detector_id, {})
+        return create_detector(detector_id, params).load_state_dict(states[detector_id])
+
+    alone = {d: restored(d).evaluate(dataclasses.replace(window)) for d in sorted(DETECTORS)}
+    shared_window = dataclasses.replace(window)
+    shared = {d: restored(d).evaluate(shared_window) for d in sorted(DETECTORS)}
+    assert shared == alone
+    assert shared_window._encodings, "no detector used the window's shared encoding"
+    for schema, matrix in shared_window._encodings.items():
+        assert np.array_equal(matrix, schema.encode(window.features))

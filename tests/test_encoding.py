@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, load_iris
 
-from detectors.base import FeatureValue
+from detectors.base import Batch, FeatureValue
 from detectors.encoding import FeatureSchema
 from detectors.state import dump_state, load_state
 
@@ -253,3 +254,26 @@ def test_from_state_rejects_malformed_state() -> None:
         FeatureSchema.from_state({"numeric": []})
     with pytest.raises(ValueError, match="std > 0"):
         FeatureSchema.from_state({**state, "std": np.zeros_like(state["std"])})
+
+
+# ---------------------------------------------------------------------------------- one encoding per window
+
+
+def test_equal_schemas_share_one_encoding_of_a_batch() -> None:
+    features = _iris_features()
+    batch = Batch(event_ids=[str(i) for i in range(len(features))], features=features)
+    first, second = FeatureSchema.fit(features), FeatureSchema.fit([dict(f) for f in features])
+    assert first == second and hash(first) == hash(second)
+    matrix = batch.encoded(first)
+    assert batch.encoded(second) is matrix
+    assert np.array_equal(matrix, first.encode(features))
+    # Shared between detectors, so nobody may write into it.
+    with pytest.raises(ValueError, match="read-only"):
+        matrix[0, 0] = 1.0
+
+    other = FeatureSchema.fit(features[:50])  # other means and categories: its own encoding
+    assert other != first
+    assert batch.encoded(other) is not matrix
+    assert np.array_equal(batch.encoded(other), other.encode(features))
+    # A copy of the batch (dataclasses.replace) starts without the cache, so no stale matrix follows it.
+    assert dataclasses.replace(batch)._encodings == {}

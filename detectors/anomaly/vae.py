@@ -305,7 +305,7 @@ class VAEAnomalyDetector(Detector):
         if len(reference.features) != n:
             raise ValueError(f"{self.id}: the reference has no features")
         schema = FeatureSchema.fit(reference.features)
-        encoded = schema.encode(reference.features)
+        encoded = reference.encoded(schema)
 
         # Seeded three-way split; calibration scores must come from events the network never trained on.
         order = np.random.default_rng(self.seed).permutation(n)
@@ -380,7 +380,8 @@ class VAEAnomalyDetector(Detector):
         with torch.no_grad():
             for start in range(0, encoded.shape[0], _SCORE_CHUNK):
                 x = encoded[start : start + _SCORE_CHUNK]
-                mean, _ = model.posterior(torch.from_numpy(x))
+                # torch.tensor copies: ``encoded`` may be a window's shared, read-only matrix.
+                mean, _ = model.posterior(torch.tensor(x))
                 reconstruction = model.decoder(mean).numpy().astype(np.float64)
                 scores[start : start + x.shape[0]] = np.mean((reconstruction - x) ** 2, axis=1)
         # A NaN score (only conceivable with absurd inputs) must not hide an event: count it as worst.
@@ -401,7 +402,7 @@ class VAEAnomalyDetector(Detector):
         """
         schema, model = self._require_fitted()
         with _torch_threads(1):
-            return self._reconstruction_error(model, schema.encode(batch.features))
+            return self._reconstruction_error(model, batch.encoded(schema))
 
     def encode_latent(self, batch: Batch) -> np.ndarray:
         """Posterior means of the events' latent codes.
@@ -412,11 +413,11 @@ class VAEAnomalyDetector(Detector):
             float64, shape ``(len(batch), latent_dim)``.
         """
         schema, model = self._require_fitted()
-        encoded = schema.encode(batch.features)
+        encoded = batch.encoded(schema)
         out = np.empty((encoded.shape[0], self.latent_dim), dtype=np.float64)
         with _torch_threads(1), torch.no_grad():
             for start in range(0, encoded.shape[0], _SCORE_CHUNK):
-                mean, _ = model.posterior(torch.from_numpy(encoded[start : start + _SCORE_CHUNK]))
+                mean, _ = model.posterior(torch.tensor(encoded[start : start + _SCORE_CHUNK]))
                 out[start : start + mean.shape[0]] = mean.numpy()
         return out
 

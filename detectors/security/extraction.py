@@ -277,7 +277,7 @@ class ExtractionDetector(Detector):
                 f"events, it has {n}"
             )
         schema = FeatureSchema.fit(reference.features)
-        encoded = schema.encode(reference.features)
+        encoded = reference.encoded(schema)
         # A pseudo-client sends distinct reference events. At most half the reference: pseudo-clients that
         # each hold most of the reference would share most of their events, and their statistics would vary
         # far less than those of real clients drawing from the population (see _finite_population below).
@@ -341,7 +341,7 @@ class ExtractionDetector(Detector):
             return self.skipped(n, "the window carries no timestamps (needed to order each client's queries)")
         if len(window.features) != n:
             return self.skipped(n, "the window carries no features")
-        encoded = schema.encode(window.features)
+        encoded = window.encoded(schema)
         self._clients.expire(float(np.max(window.timestamps)))
 
         groups = group_by_client(window)

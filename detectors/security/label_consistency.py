@@ -331,7 +331,7 @@ class LabelConsistencyDetector(Detector):
             return (raw - self._mean) / self._std
         if self._schema is None or len(window.features) != len(window):
             return None
-        return self._schema.encode([window.features[i] for i in rows]).astype(np.float64)
+        return window.encoded(self._schema)[np.asarray(rows, dtype=np.intp)].astype(np.float64)
 
     def evaluate(self, window: Batch) -> DetectionResult:
         """Test, per stream, whether the window's labels disagree with their neighbours too often.

@@ -206,7 +206,7 @@ class ProbingDetector(Detector):
                 f"it has {n}"
             )
         schema = FeatureSchema.fit(reference.features)
-        encoded = schema.encode(reference.features)
+        encoded = reference.encoded(schema)
         length = min(n, self.max_history + 1)
         start = max(self.k, length // 2)
         samples = []
@@ -259,7 +259,7 @@ class ProbingDetector(Detector):
             return self.skipped(n, "the window carries no timestamps (needed to order each client's queries)")
         if len(window.features) != n:
             return self.skipped(n, "the window carries no features")
-        encoded = schema.encode(window.features)
+        encoded = window.encoded(schema)
         self._clients.expire(float(np.max(window.timestamps)))
         a, b = self._beta_parameters()
 
