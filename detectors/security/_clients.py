@@ -29,12 +29,15 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch
+from detectors.base import Batch, DetectionResult, Detector, Status
+from detectors.encoding import FeatureSchema
 
 __all__ = [
     "ClientHistories",
     "ClientHistory",
+    "ClientHistoryDetector",
     "ClientQueries",
+    "client_result",
     "earlier_distances",
     "group_by_client",
     "peer_p_values",
@@ -391,3 +394,82 @@ def rank_sum_p_values(scores: np.ndarray, members: Sequence[np.ndarray]) -> np.n
         u = float(own.sum()) - n1 * (n1 + 1) / 2.0
         p_values[i] = float(stats.norm.sf((u - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)))
     return p_values
+
+
+class ClientHistoryDetector(Detector):
+    """What ``extraction`` and ``probing`` share: a fitted feature encoding and a bounded store of
+    per-client query histories that ``evaluate`` extends (hence ``stateful``).
+
+    Subclasses set ``max_clients``, ``max_history`` and ``idle_expiry`` in ``__init__`` and call
+    :meth:`_init_histories` there; ``fit`` and ``load_state_dict`` install the schema and a store with
+    :meth:`_new_store` or :meth:`_restore_store`.
+    """
+
+    stateful = True
+    max_clients: int
+    max_history: int
+    idle_expiry: float
+
+    def _init_histories(self) -> None:
+        self._schema: FeatureSchema | None = None
+        self._clients = ClientHistories(1, max_clients=1, max_history=1, idle_expiry=1.0)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the detector has been fitted (or loaded) and can evaluate."""
+        return self._schema is not None
+
+    @property
+    def clients(self) -> ClientHistories:
+        """The remembered client histories (read them, do not modify them)."""
+        self._require_fitted()
+        return self._clients
+
+    def _require_fitted(self) -> FeatureSchema:
+        if self._schema is None:
+            raise self._not_fitted()
+        return self._schema
+
+    def _new_store(self, dim: int) -> ClientHistories:
+        return ClientHistories(
+            dim, max_clients=self.max_clients, max_history=self.max_history, idle_expiry=self.idle_expiry
+        )
+
+    def _restore_store(self, schema: FeatureSchema, state: Mapping[str, Any]) -> ClientHistories:
+        """The client histories saved under ``state["clients"]``, checked against this detector's limits."""
+        store = self._new_store(schema.dim)
+        try:
+            store.load_state_dict(state["clients"])
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"{self.id}: {error}") from error
+        return store
+
+
+def client_result(
+    detector: Detector,
+    n_events: int,
+    top: Mapping[str, Any],
+    flagged: bool,
+    evidence: dict[str, Any],
+    *,
+    threshold: float | None = None,
+) -> DetectionResult:
+    """The result of a detector that tests clients one by one.
+
+    ``top`` is the most significant client's finding (``statistic``, ``threshold``, ``p_value`` and its
+    ``subject``); its figures become the result's. When nothing is flagged the finding is still shown, as
+    ``evidence["most_significant"]`` without the client's id: a client that was not flagged is not named.
+    ``threshold`` replaces the finding's own when the detector has one critical value for every client.
+    """
+    if not flagged:
+        evidence["most_significant"] = {key: value for key, value in top.items() if key != "subject"}
+    return DetectionResult(
+        detector=detector.id,
+        threat=detector.threat,
+        status=Status.ALERT if flagged else Status.OK,
+        n_events=n_events,
+        statistic=top["statistic"],
+        threshold=top["threshold"] if threshold is None else threshold,
+        p_value=top["p_value"],
+        evidence=evidence,
+    )

@@ -48,9 +48,9 @@ import numpy as np
 from scipy import stats
 
 from detectors.anomaly.vae import VAEAnomalyDetector
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors.base import Batch, DetectionResult, Detector, Threat
 from detectors.drift._stats import check_float, check_int, parse_float, plain
-from detectors.security._clients import MIN_PEERS, rank_sum_p_values
+from detectors.security._clients import MIN_PEERS, client_result, rank_sum_p_values
 
 __all__ = ["EvasionDetector"]
 
@@ -362,18 +362,7 @@ class EvasionDetector(Detector):
                 f"only {m} clients with {self.min_queries} events in the window ({self.min_peers} needed to "
                 "compare a client with its peers): each client is judged against the reference only"
             )
-        if not flagged:
-            evidence["most_significant"] = {k: v for k, v in top_finding.items() if k != "subject"}
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if flagged else Status.OK,
-            n_events=n,
-            statistic=top_finding["statistic"],
-            threshold=top_finding["threshold"],
-            p_value=top_finding["p_value"],
-            evidence=evidence,
-        )
+        return client_result(self, n, top_finding, bool(flagged), evidence)
 
     # ------------------------------------------------------------------ state
 

@@ -57,12 +57,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors.base import Batch, DetectionResult, Threat
 from detectors.drift._stats import check_float, check_int, plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
     MIN_PEERS,
-    ClientHistories,
+    ClientHistoryDetector,
+    client_result,
     earlier_distances,
     group_by_client,
     peer_p_values,
@@ -120,7 +121,7 @@ def _coverage(queries: np.ndarray, reference_range: np.ndarray) -> float:
     return float(np.minimum(spanned, 1.0).mean())
 
 
-class ExtractionDetector(Detector):
+class ExtractionDetector(ClientHistoryDetector):
     """Flags clients whose query pattern looks like model extraction (PRADA, plus a distance-level test).
 
     Parameters
@@ -168,7 +169,6 @@ class ExtractionDetector(Detector):
 
     id: ClassVar[str] = "extraction"
     threat: ClassVar[Threat] = Threat.CONFIDENTIALITY
-    stateful: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -193,8 +193,7 @@ class ExtractionDetector(Detector):
         self.n_checkpoints = check_int("n_checkpoints", n_checkpoints, 1)
         self.seed = check_int("seed", seed, 0)
 
-        self._schema: FeatureSchema | None = None
-        self._clients = ClientHistories(1, max_clients=1, max_history=1, idle_expiry=1.0)
+        self._init_histories()
         self._checkpoints = np.empty(0, dtype=np.int64)
         # Per checkpoint: mean and sd over pseudo-clients of log(1 - W) and of the log median distance,
         # and their median coverage.
@@ -222,31 +221,10 @@ class ExtractionDetector(Detector):
         }
 
     @property
-    def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
-        return self._schema is not None
-
-    @property
-    def clients(self) -> ClientHistories:
-        """The remembered client histories (read them, do not modify them)."""
-        self._require_fitted()
-        return self._clients
-
-    @property
     def checkpoints(self) -> np.ndarray:
         """The calibration sizes: a client with ``n`` distances is tested on its last ``c <= n`` of them."""
         self._require_fitted()
         return self._checkpoints.copy()
-
-    def _require_fitted(self) -> FeatureSchema:
-        if self._schema is None:
-            raise self._not_fitted()
-        return self._schema
-
-    def _new_store(self, dim: int) -> ClientHistories:
-        return ClientHistories(
-            dim, max_clients=self.max_clients, max_history=self.max_history, idle_expiry=self.idle_expiry
-        )
 
     # ------------------------------------------------------------------ fitting
 
@@ -463,18 +441,7 @@ class ExtractionDetector(Detector):
                 f"only {m} clients with {self.min_queries} query distances in the window ({self.min_peers} "
                 "needed to compare a client with its peers): each client is judged against the reference only"
             )
-        if not flagged:
-            evidence["most_significant"] = {k: v for k, v in top.items() if k != "subject"}
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if flagged else Status.OK,
-            n_events=n,
-            statistic=top["statistic"],
-            threshold=plain(z_critical),
-            p_value=top["p_value"],
-            evidence=evidence,
-        )
+        return client_result(self, n, top, bool(flagged), evidence, threshold=plain(z_critical))
 
     # ------------------------------------------------------------------ state
 
@@ -539,11 +506,7 @@ class ExtractionDetector(Detector):
             raise ValueError(f"{self.id}: malformed state: calibration arrays do not match the checkpoints")
         if reference_range.shape != (schema.dim,):
             raise ValueError(f"{self.id}: malformed state: reference range of shape {reference_range.shape}")
-        store = self._new_store(schema.dim)
-        try:
-            store.load_state_dict(state["clients"])
-        except (KeyError, ValueError) as error:
-            raise ValueError(f"{self.id}: {error}") from error
+        store = self._restore_store(schema, state)
         self._schema = schema
         self._clients = store
         self._checkpoints = checkpoints

@@ -36,11 +36,12 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors.base import Batch, DetectionResult, Threat
 from detectors.drift._stats import check_float, check_int, plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
-    ClientHistories,
+    ClientHistoryDetector,
+    client_result,
     earlier_distances,
     group_by_client,
     pseudo_client_streams,
@@ -65,7 +66,7 @@ def _knn_mean(distances: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-class ProbingDetector(Detector):
+class ProbingDetector(ClientHistoryDetector):
     """Flags clients that send bursts of near-duplicate queries (Chen, Carlini and Wagner's stateful test).
 
     Parameters
@@ -103,7 +104,6 @@ class ProbingDetector(Detector):
 
     id: ClassVar[str] = "probing"
     threat: ClassVar[Threat] = Threat.PRIVACY
-    stateful: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -128,8 +128,7 @@ class ProbingDetector(Detector):
         self.n_calibration = check_int("n_calibration", n_calibration, 1)
         self.seed = check_int("seed", seed, 0)
 
-        self._schema: FeatureSchema | None = None
-        self._clients = ClientHistories(1, max_clients=1, max_history=1, idle_expiry=1.0)
+        self._init_histories()
         self._tau = math.nan
         self._benign_median = math.nan
         self._n_reference = 0
@@ -151,31 +150,10 @@ class ProbingDetector(Detector):
         }
 
     @property
-    def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
-        return self._schema is not None
-
-    @property
-    def clients(self) -> ClientHistories:
-        """The remembered client histories (read them, do not modify them)."""
-        self._require_fitted()
-        return self._clients
-
-    @property
     def tau(self) -> float:
         """The kNN mean distance below which a query is a near-duplicate."""
         self._require_fitted()
         return self._tau
-
-    def _require_fitted(self) -> FeatureSchema:
-        if self._schema is None:
-            raise self._not_fitted()
-        return self._schema
-
-    def _new_store(self, dim: int) -> ClientHistories:
-        return ClientHistories(
-            dim, max_clients=self.max_clients, max_history=self.max_history, idle_expiry=self.idle_expiry
-        )
 
     # ------------------------------------------------------------------ fitting
 
@@ -347,18 +325,7 @@ class ProbingDetector(Detector):
             "clients_evicted": self._clients.evicted,
             "clients_expired": self._clients.expired,
         }
-        if not flagged:
-            evidence["most_significant"] = {key: value for key, value in top.items() if key != "subject"}
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if flagged else Status.OK,
-            n_events=n,
-            statistic=top["statistic"],
-            threshold=top["threshold"],
-            p_value=top["p_value"],
-            evidence=evidence,
-        )
+        return client_result(self, n, top, bool(flagged), evidence)
 
     # ------------------------------------------------------------------ state
 
@@ -418,11 +385,7 @@ class ProbingDetector(Detector):
             )
         if n_reference < 2 * self.k + 2 or not math.isfinite(tau):
             raise ValueError(f"{self.id}: malformed state: tau={tau}, n_reference={n_reference}")
-        store = self._new_store(schema.dim)
-        try:
-            store.load_state_dict(state["clients"])
-        except (KeyError, ValueError) as error:
-            raise ValueError(f"{self.id}: {error}") from error
+        store = self._restore_store(schema, state)
         self._schema = schema
         self._clients = store
         self._tau = tau
