@@ -21,7 +21,7 @@ from sklearn.datasets import load_breast_cancer, load_digits
 
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Batch, NotFittedError, Status, Threat
-from detectors.drift.latent import LatentDriftDetector
+from detectors.drift.latent import GaussianRBF, LatentDriftDetector
 from detectors.state import dump_state, load_state
 
 # Seeds of the data splits, different from the detector's seed (0) on purpose.
@@ -283,6 +283,23 @@ def test_subsampling_bounds_both_sides(cancer: Dataset) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- alibi
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["x is y", "x and y differ"])
+def test_kernel_is_alibis_gaussian_rbf_to_the_bit(same: bool) -> None:
+    # The detector computes alibi's kernel itself (importing alibi-detect costs every daemon ~220 MiB): the
+    # bandwidth it infers and the matrices it gives must be alibi's exactly, in float64 as the detector runs.
+    from alibi_detect.utils.pytorch.kernels import GaussianRBF as AlibiGaussianRBF
+
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.normal(size=(300, 8)))
+    y = x if same else torch.from_numpy(rng.normal(0.5, 1.3, size=(200, 8)))
+    ours, theirs = GaussianRBF(), AlibiGaussianRBF()
+    with torch.no_grad():
+        assert torch.equal(ours(x, y, infer_sigma=True), theirs(x, y, infer_sigma=True))
+        assert torch.equal(ours.log_sigma, theirs.log_sigma.detach())
+        z = torch.from_numpy(rng.normal(size=(50, 8)))
+        assert torch.equal(ours(x, z), theirs(x, z))  # with the inferred bandwidth kept
 
 
 def test_same_test_as_alibi_mmd_drift(cancer: Dataset) -> None:

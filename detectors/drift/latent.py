@@ -10,9 +10,9 @@ The test is alibi-detect's ``MMDDrift`` on its PyTorch backend (``MMDDriftTorch`
 does less work per window:
 
 * ``fit`` encodes the reference (at most ``max_reference`` codes, seeded subsample), infers the bandwidth of
-  alibi's :class:`~alibi_detect.utils.pytorch.kernels.GaussianRBF` on it with the median heuristic (exactly
-  what ``configure_kernel_from_x_ref=True`` does) and keeps the reference block ``K_xx`` of the kernel
-  matrix, its row sums and its total;
+  alibi's Gaussian kernel (:class:`GaussianRBF` here, the same computation without importing alibi-detect)
+  on it with the median heuristic (exactly what ``configure_kernel_from_x_ref=True`` does) and keeps the
+  reference block ``K_xx`` of the kernel matrix, its row sums and its total;
 * ``evaluate`` computes only ``K_xy`` and ``K_yy``. The statistic is alibi's unbiased MMD^2 of the
   zero-diagonal kernel matrix, ``sum(K_xx)/(n(n-1)) + sum(K_yy)/(m(m-1)) - 2 mean(K_xy)``. The permutations
   are alibi's too (``torch.randperm`` of the ``n + m`` pooled codes, the first ``n`` form the "reference"),
@@ -53,7 +53,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -61,20 +61,52 @@ import torch
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Batch, DetectionResult, Detector, Status, Threat
 
-if TYPE_CHECKING:
-    from alibi_detect.utils.pytorch.kernels import GaussianRBF
-
-__all__ = ["LatentDriftDetector", "MMDPermutationTest"]
+__all__ = ["GaussianRBF", "LatentDriftDetector", "MMDPermutationTest"]
 
 _STATE_VERSION = 1
 
 
-def _gaussian_rbf() -> GaussianRBF:
-    """alibi-detect's kernel, imported on first use: importing alibi_detect loads scikit-learn, pandas and
-    numba (about 280 MiB and several seconds per process), which a daemon without latent_drift never needs."""
-    from alibi_detect.utils.pytorch.kernels import GaussianRBF
+class GaussianRBF:
+    """The Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 sigma^2))`` of alibi-detect's
+    :class:`~alibi_detect.utils.pytorch.kernels.GaussianRBF`, with its median-heuristic bandwidth, operation
+    for operation (float32 ``log_sigma``, squared distances clamped at 1e-30), so that the test is alibi's
+    to the last bit (``tests/test_latent_drift.py`` compares the two).
 
-    return GaussianRBF()
+    Written out here rather than imported: importing ``alibi_detect`` loads scikit-learn, pandas and numba,
+    about 220 MiB of resident memory and seconds of start-up in every daemon process, for twenty lines.
+    """
+
+    def __init__(self) -> None:
+        self.log_sigma = torch.empty(1, dtype=torch.float32)
+        self.init_required = True
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.exp()
+
+    @staticmethod
+    def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Pairwise squared Euclidean distances, shape ``(len(x), len(y))``, clamped below at 1e-30."""
+        x2 = x.pow(2).sum(dim=-1, keepdim=True)
+        y2 = y.pow(2).sum(dim=-1, keepdim=True)
+        return torch.addmm(y2.transpose(-2, -1), x, y.transpose(-2, -1), alpha=-2).add_(x2).clamp_min_(1e-30)
+
+    @staticmethod
+    def median_sigma(x: torch.Tensor, y: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+        """The median heuristic: sqrt(median / 2) of the distances, the zero diagonal left out when x is y."""
+        n = min(x.shape[0], y.shape[0])
+        n = n if x.shape == y.shape and bool((x[:n] == y[:n]).all()) else 0
+        n_median = n + (distances.numel() - n) // 2 - 1
+        return (0.5 * distances.flatten().sort().values[n_median].unsqueeze(dim=-1)) ** 0.5
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, infer_sigma: bool = False) -> torch.Tensor:
+        """The kernel matrix ``(len(x), len(y))``; ``infer_sigma`` (or a first call) sets the bandwidth."""
+        distances = self.squared_distances(x.flatten(1), y.flatten(1))
+        if infer_sigma or self.init_required:
+            self.log_sigma.copy_(self.median_sigma(x, y, distances).log())
+            self.init_required = False
+        gamma = 1.0 / (2.0 * self.sigma**2)
+        return torch.exp(-torch.cat([(g * distances)[None, :, :] for g in gamma], dim=0)).mean(dim=0)
 
 
 # Default number of permutations, raised when alpha needs more (see _minimum_permutations).
@@ -339,7 +371,7 @@ class LatentDriftDetector(Detector):
                 features=[reference.features[i] for i in chosen],
             )
         codes = vae.encode_latent(reference)
-        kernel = _gaussian_rbf()
+        kernel = GaussianRBF()
         self._set_reference(vae, kernel, codes, infer_sigma=True)
         self._n_reference_events = n
         return self
@@ -533,7 +565,7 @@ class LatentDriftDetector(Detector):
             )
         if not np.isfinite(codes).all() or log_sigma.shape != (1,) or not np.isfinite(log_sigma).all():
             raise ValueError(f"{self.id}: malformed state: non-finite reference codes or bandwidth")
-        kernel = _gaussian_rbf()
+        kernel = GaussianRBF()
         with torch.no_grad():
             kernel.log_sigma.copy_(torch.from_numpy(log_sigma))
         kernel.init_required = False
