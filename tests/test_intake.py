@@ -166,3 +166,23 @@ def test_reason_keeps_the_model_when_known() -> None:
 
 def test_null_message() -> None:
     assert "null value" in reason_for(None)  # type: ignore[arg-type]
+
+
+def test_buffered_events_share_one_copy_of_each_name() -> None:
+    # A window buffers up to max_window_sample events per model; the JSON decoder makes new key strings for
+    # every message, which for a 64-feature event would be half of what it holds in memory.
+    first = parse_message(raw(event(groups={"region": "eu"})))
+    second = parse_message(raw(event(event_id="e-2", groups={"region": "us"})))
+    assert isinstance(first, PredictionEvent) and isinstance(second, PredictionEvent)
+    assert first.features == event()["features"]  # unchanged, order included
+    assert list(first.features) == list(event()["features"])
+    for a, b in [
+        (first.features, second.features),
+        (first.prediction["scores"], second.prediction["scores"]),
+        (first.groups, second.groups),
+    ]:
+        assert all(x is y for x, y in zip(a, b, strict=True))
+    # Also where a value needs the per-value check (an integer score):
+    third = parse_message(raw(event(prediction={"scores": {"fraud": 1, "ok": 0}})))
+    assert isinstance(third, PredictionEvent)
+    assert all(x is y for x, y in zip(first.prediction["scores"], third.prediction["scores"], strict=True))
