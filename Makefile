@@ -47,6 +47,7 @@ bench-perf: $(STAMP)
 	$(BIN)/python -m bench.perf_latency $(if $(QUICK),--quick)
 	$(BIN)/python -m bench.perf_memory $(if $(QUICK),--quick)
 	$(BIN)/python -m bench.perf_drift $(if $(QUICK),--quick,--ablation)
+	$(BIN)/python -m bench.perf_scaling $(if $(QUICK),--quick --plot $(or $(TMPDIR),/tmp)/sentinel-scaling-quick.png)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500, help="events per model and window")
     parser.add_argument("--clients", type=int, default=10_000, help="distinct client ids")
     parser.add_argument("--quick", action="store_true", help="5 models, 1 fitted, 2 windows of 200 events")
+    parser.add_argument("--json", type=Path, default=None, help="also write the checkpoints to this file")
     args = parser.parse_args()
     if args.quick:
         args.models, args.fitted, args.windows, args.events = 5, 1, 2, 200
@@ -190,6 +191,9 @@ def main() -> None:
     for name, rss, peak in checkpoints:
         print(f"| {name} | {rss:,.0f} | {peak:,.0f} |")
     rss, peak = checkpoints[-1][1], max(p for _, _, p in checkpoints)
+    if args.json is not None:
+        points = [{"point": name, "rss_mib": rss_, "peak_mib": peak_} for name, rss_, peak_ in checkpoints]
+        args.json.write_text(json.dumps({"models": args.models, "checkpoints": points}, indent=1))
     print()
     print(
         f"{args.models} models x 12 detectors, {args.clients:,} client ids, {counters['accepted']:,} events "
