@@ -435,6 +435,29 @@ class ClientHistoryDetector(Detector):
             dim, max_clients=self.max_clients, max_history=self.max_history, idle_expiry=self.idle_expiry
         )
 
+    def _window_queries(self, window: Batch) -> np.ndarray | DetectionResult:
+        """The window's encoded queries, once the window has what per-client histories need, with the
+        clients idle for ``idle_expiry`` forgotten first; a skipped result when it cannot be tested.
+
+        Raises
+        ------
+        NotFittedError
+            If the detector has not been fitted or loaded.
+        """
+        schema = self._require_fitted()
+        n = len(window)
+        if n == 0:
+            return self.skipped(0, "empty window")
+        if len(window.client_ids) != n or all(client is None for client in window.client_ids):
+            return self.skipped(n, "the window carries no client ids")
+        if len(window.timestamps) != n:
+            return self.skipped(n, "the window carries no timestamps (needed to order each client's queries)")
+        if len(window.features) != n:
+            return self.skipped(n, "the window carries no features")
+        encoded = window.encoded(schema)
+        self._clients.expire(float(np.max(window.timestamps)))
+        return encoded
+
     def _restore_store(self, schema: FeatureSchema, state: Mapping[str, Any]) -> ClientHistories:
         """The client histories saved under ``state["clients"]``, checked against this detector's limits."""
         store = self._new_store(schema.dim)

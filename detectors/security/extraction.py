@@ -309,18 +309,10 @@ class ExtractionDetector(ClientHistoryDetector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        schema = self._require_fitted()
+        encoded = self._window_queries(window)
+        if isinstance(encoded, DetectionResult):
+            return encoded
         n = len(window)
-        if n == 0:
-            return self.skipped(0, "empty window")
-        if len(window.client_ids) != n or all(client is None for client in window.client_ids):
-            return self.skipped(n, "the window carries no client ids")
-        if len(window.timestamps) != n:
-            return self.skipped(n, "the window carries no timestamps (needed to order each client's queries)")
-        if len(window.features) != n:
-            return self.skipped(n, "the window carries no features")
-        encoded = window.encoded(schema)
-        self._clients.expire(float(np.max(window.timestamps)))
 
         groups = group_by_client(window)
         volume = dict(zip((g.client for g in groups), robust_z([g.rows.size for g in groups]), strict=True))
