@@ -43,14 +43,14 @@ import os
 import platform
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import binom
 
-from detectors.base import Batch, Detector, Status
+from detectors.base import Batch, DetectionResult, Detector, Status
 from detectors.security.backdoor import BackdoorDetector
 from detectors.security.group_outcome import GroupOutcomeDetector
 from detectors.security.label_consistency import LabelConsistencyDetector
@@ -230,9 +230,41 @@ class Tally:
     benign_named_attack: int = 0
     attack_windows: int = 0
 
+    def record_clean(self, result: DetectionResult) -> None:
+        """One clean window: a false alarm if it alerts, and whether it names anybody."""
+        if result.status is Status.SKIPPED:
+            return
+        self.clean_windows += 1
+        self.false_alarms += result.status is Status.ALERT
+        self.benign_named_clean += bool(result.evidence.get("subjects"))
+
+    def record_attack_run(self, detector: Detector, windows: Iterable[tuple[Batch, set[str]]]) -> None:
+        """One attack run, window by window: when an alert first names a planted subject, and whether
+        an alert names a subject that was not planted. A run never caught counts as ``length + 1``."""
+        first_alert: int | None = None
+        length = 0
+        for length, (window, planted) in enumerate(windows, start=1):
+            result = detector.evaluate(window)
+            named = set(result.evidence.get("subjects", []))
+            self.attack_windows += 1
+            self.benign_named_attack += bool(named - planted)
+            if result.status is Status.ALERT and named & planted and first_alert is None:
+                first_alert = length
+        self.runs += 1
+        self.first += first_alert == 1
+        self.within_two += first_alert is not None and first_alert <= 2
+        assert self.delays is not None
+        self.delays.append(first_alert if first_alert is not None else length + 1)
+
 
 def sample(ds: Dataset, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     rows = rng.choice(len(ds.live_y), size=n, replace=n > len(ds.live_y))
+    return ds.live_x[rows], ds.live_y[rows]
+
+
+def distinct(ds: Dataset, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` distinct live events (``sample`` repeats events when ``n`` exceeds the live part)."""
+    rows = rng.choice(len(ds.live_y), size=min(n, len(ds.live_y)), replace=False)
     return ds.live_x[rows], ds.live_y[rows]
 
 
@@ -257,27 +289,13 @@ def run_split(
         rng = np.random.default_rng(zlib.crc32(f"{ds.name}/{scenario.attack_name}".encode()))
         for w in range(clean_windows):
             window, _ = scenario.clean(ds, *sample(ds, n, rng), rng, f"c{w}-")
-            result = detector.evaluate(window)
-            if result.status is Status.SKIPPED:
-                continue
-            tally.clean_windows += 1
-            tally.false_alarms += result.status is Status.ALERT
-            tally.benign_named_clean += bool(result.evidence.get("subjects"))
+            tally.record_clean(detector.evaluate(window))
         for r in range(runs):
-            first_alert: int | None = None
-            for w in range(run_length):
-                window, planted = scenario.attack(ds, *sample(ds, n, rng), rng, f"a{r}-{w}-")
-                result = detector.evaluate(window)
-                named = set(result.evidence.get("subjects", []))
-                tally.attack_windows += 1
-                tally.benign_named_attack += bool(named - planted)
-                if result.status is Status.ALERT and named & planted and first_alert is None:
-                    first_alert = w + 1
-            tally.runs += 1
-            tally.first += first_alert == 1
-            tally.within_two += first_alert is not None and first_alert <= 2
-            assert tally.delays is not None
-            tally.delays.append(first_alert if first_alert is not None else run_length + 1)
+            # A generator, so each window is drawn just before it is evaluated, as in a live stream.
+            tally.record_attack_run(
+                detector,
+                (scenario.attack(ds, *sample(ds, n, rng), rng, f"a{r}-{w}-") for w in range(run_length)),
+            )
 
 
 def run_fresh_splits(
@@ -293,28 +311,12 @@ def run_fresh_splits(
             rng = np.random.default_rng(zlib.crc32(f"{name}/{scenario.attack_name}/{trial}".encode()))
             reference = batch(ds, ds.ref_x, ds.ref_y, "ref-", rng, stream="training")
             detector = make_detector(scenario.detector, alpha).fit(reference)
-            rows = rng.choice(len(ds.live_y), size=min(n, len(ds.live_y)), replace=False)
-            window, _ = scenario.clean(ds, ds.live_x[rows], ds.live_y[rows], rng, "c-")
-            result = detector.evaluate(window)
-            if result.status is not Status.SKIPPED:
-                tally.clean_windows += 1
-                tally.false_alarms += result.status is Status.ALERT
-                tally.benign_named_clean += bool(result.evidence.get("subjects"))
-            first_alert: int | None = None
-            for w in range(run_length):
-                rows = rng.choice(len(ds.live_y), size=min(n, len(ds.live_y)), replace=False)
-                window, planted = scenario.attack(ds, ds.live_x[rows], ds.live_y[rows], rng, f"a{w}-")
-                result = detector.evaluate(window)
-                named = set(result.evidence.get("subjects", []))
-                tally.attack_windows += 1
-                tally.benign_named_attack += bool(named - planted)
-                if result.status is Status.ALERT and named & planted and first_alert is None:
-                    first_alert = w + 1
-            tally.runs += 1
-            tally.first += first_alert == 1
-            tally.within_two += first_alert is not None and first_alert <= 2
-            assert tally.delays is not None
-            tally.delays.append(first_alert if first_alert is not None else run_length + 1)
+            window, _ = scenario.clean(ds, *distinct(ds, n, rng), rng, "c-")
+            tally.record_clean(detector.evaluate(window))
+            tally.record_attack_run(
+                detector,
+                (scenario.attack(ds, *distinct(ds, n, rng), rng, f"a{w}-") for w in range(run_length)),
+            )
 
 
 def report(name: str, tallies: dict[tuple[str, str], Tally], alpha: float, run_length: int) -> None:

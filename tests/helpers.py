@@ -15,6 +15,11 @@ MODEL = "digits"
 T0 = 1_795_000_200.0  # a window boundary for 60 s and 5 min windows
 
 
+def only_detectors(**detectors: Any) -> dict[str, Any]:
+    """A model's ``detectors`` setting: these detectors on (with their parameters), the other defaults off."""
+    return {**{d: False for d in DEFAULT_DETECTORS}, **detectors}
+
+
 def make_config(
     database_url: str,
     *,
@@ -30,12 +35,7 @@ def make_config(
         "allowed_lateness": 5,
         "min_events": min_events,
         # The foundation tests watch vae_anomaly alone unless told otherwise.
-        "detectors": detectors
-        if detectors is not None
-        else {
-            "vae_anomaly": {"max_epochs": 80},
-            **{d: False for d in DEFAULT_DETECTORS if d != "vae_anomaly"},
-        },
+        "detectors": detectors if detectors is not None else only_detectors(vae_anomaly={"max_epochs": 80}),
         "reference": {"source": "file", "path": str(reference)}
         if reference
         else {"source": "warmup", "warmup_events": warmup},

@@ -7,21 +7,17 @@ from pathlib import Path
 import pytest
 
 from detectors.base import DetectionResult, Status, Threat
-from monitor.config import DEFAULT_DETECTORS, AppConfig, ModelSettings
+from monitor.config import AppConfig, ModelSettings
 from monitor.pipeline import ModelPhase, ModelRuntime, Pipeline
 from storage import Store, make_engine, migrate
-
-
-def only(**detectors: object) -> dict[str, object]:
-    """These detectors on, every other default detector switched off."""
-    return {**{d: False for d in DEFAULT_DETECTORS}, **detectors}
+from tests.helpers import only_detectors
 
 
 def test_significance_is_split_across_enabled_detectors() -> None:
     settings = ModelSettings.model_validate(
         {
             "significance": 0.012,
-            "detectors": only(
+            "detectors": only_detectors(
                 vae_anomaly={"quantile": 0.995}, feature_drift={}, output_drift={"alpha": 0.05}
             ),
         }
@@ -34,7 +30,7 @@ def test_significance_is_split_across_enabled_detectors() -> None:
 def test_false_switches_a_default_detector_off() -> None:
     config = AppConfig.model_validate(
         {
-            "defaults": {"detectors": only(vae_anomaly={}, feature_drift={})},
+            "defaults": {"detectors": only_detectors(vae_anomaly={}, feature_drift={})},
             "models": {"m": {"detectors": {"feature_drift": False}}},
         }
     )
@@ -44,8 +40,8 @@ def test_false_switches_a_default_detector_off() -> None:
 
 
 def test_alpha_is_part_of_the_fitted_state_key() -> None:
-    one = ModelSettings.model_validate({"detectors": only(vae_anomaly={})})
-    two = ModelSettings.model_validate({"detectors": only(vae_anomaly={}, feature_drift={})})
+    one = ModelSettings.model_validate({"detectors": only_detectors(vae_anomaly={})})
+    two = ModelSettings.model_validate({"detectors": only_detectors(vae_anomaly={}, feature_drift={})})
     # A different split is a different detector: its stored state must not be reused.
     assert one.params_hash("vae_anomaly") != two.params_hash("vae_anomaly")
 
@@ -63,7 +59,11 @@ def pipeline(tmp_path: Path) -> Pipeline:
 
 def runtime(k: int, n: int, immediate_p: float = 1e-6) -> ModelRuntime:
     settings = ModelSettings.model_validate(
-        {"persistence": {"k": k, "n": n}, "immediate_p": immediate_p, "detectors": only(vae_anomaly={})}
+        {
+            "persistence": {"k": k, "n": n},
+            "immediate_p": immediate_p,
+            "detectors": only_detectors(vae_anomaly={}),
+        }
     )
     return ModelRuntime(name="m", settings=settings, phase=ModelPhase.READY)
 

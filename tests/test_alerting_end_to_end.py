@@ -19,10 +19,9 @@ import pytest
 
 from monitor.alerting import verify_signature
 from monitor.broker import EmbeddedBroker, create_topic, free_port
-from monitor.config import DEFAULT_DETECTORS
 from storage import AlertStore, make_engine, migrate
 from tests.daemon_process import DaemonProcess
-from tests.helpers import MODEL, T0, windowed_traffic, write_reference
+from tests.helpers import MODEL, T0, only_detectors, windowed_traffic, write_reference
 from tests.test_alerting_delivery import Receiver
 from tests.test_kafka_end_to_end import daemon_config, produce, wait_until
 
@@ -79,10 +78,7 @@ def test_a_delivery_pending_at_sigkill_is_delivered_after_restart_once_and_signe
     port = free_port()
     config = daemon_config(broker, topic, database_url, write_reference(tmp_path / "reference.jsonl"))
     # One detector, so the test follows one alert; the other default detectors are switched off.
-    config["models"][MODEL]["detectors"] = {
-        "vae_anomaly": {"max_epochs": 80},
-        **{d: False for d in DEFAULT_DETECTORS if d != "vae_anomaly"},
-    }
+    config["models"][MODEL]["detectors"] = only_detectors(vae_anomaly={"max_epochs": 80})
     config["alerting"] = alerting_config(port, alerts_topic)
     engine = make_engine(database_url)
     receiver = Receiver(port=port)  # down for now

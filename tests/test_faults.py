@@ -37,7 +37,7 @@ from storage import AlertStore, Store, make_engine, migrate
 from tests.conftest import service_unavailable
 from tests.daemon_process import DaemonProcess
 from tests.faults import ProxiedBroker, TcpProxy, committed_offsets, readiness, wait_until
-from tests.helpers import T0, windowed_traffic, write_reference
+from tests.helpers import T0, only_detectors, windowed_traffic, write_reference
 from tests.test_alerting_delivery import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -81,19 +81,7 @@ def daemon_config(
                 "k": 1,
                 "n": 1,
             },  # one failing window alerts: each stream has one corrupted window
-            "detectors": {
-                "vae_anomaly": {"max_epochs": 40},
-                "latent_drift": False,
-                "feature_drift": False,
-                "label_drift": False,
-                "performance": False,
-                "label_consistency": False,
-                "group_outcome": False,
-                "backdoor": False,
-                "evasion": False,
-                "extraction": False,
-                "probing": False,
-            },
+            "detectors": only_detectors(vae_anomaly={"max_epochs": 40}, output_drift={}),
         },
         "models": {
             name: {

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from monitor.alerting import AlertEngine, AlertingSettings
-from monitor.config import DEFAULT_DETECTORS
 from monitor.demo_data import digits_model
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import AlertStore, Store, make_engine, migrate
-from tests.helpers import MODEL, T0, make_config, windowed_traffic, write_reference
+from tests.helpers import MODEL, T0, make_config, only_detectors, windowed_traffic, write_reference
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,7 @@ def test_a_clients_history_survives_a_restart_and_the_attacker_is_caught(tmp_pat
     config = make_config(
         url,
         reference=write_reference(tmp_path / "reference.jsonl"),
-        detectors={**{d: False for d in DEFAULT_DETECTORS}, "extraction": {}},
+        detectors=only_detectors(extraction={}),
         defaults={"persistence": {"k": 1, "n": 1}},
     )
 

@@ -29,7 +29,7 @@ from monitor.demo_data import live_events
 from storage import Store, make_engine, migrate
 from tests.daemon_process import DaemonProcess
 from tests.faults import lag_from_metrics, readiness, rss_kib, wait_until
-from tests.helpers import write_reference
+from tests.helpers import only_detectors, write_reference
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -55,25 +55,9 @@ def soak_config(
             "allowed_lateness": "2s",
             "min_events": 30,
             # The VAE (the costliest detector per event) and two cheap ones, on every model.
-            "detectors": {
-                "vae_anomaly": {"max_epochs": 40},
-                "output_drift": {},
-                "feature_drift": {},
-                **{
-                    d: False
-                    for d in (
-                        "latent_drift",
-                        "label_drift",
-                        "performance",
-                        "label_consistency",
-                        "group_outcome",
-                        "backdoor",
-                        "evasion",
-                        "extraction",
-                        "probing",
-                    )
-                },
-            },
+            "detectors": only_detectors(
+                vae_anomaly={"max_epochs": 40}, output_drift={}, feature_drift={}
+            ),
         },
         "models": {
             name: {
