@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.perf_detectors           # windows of 1,000 and 10,000 events (about 4 minutes)
     .venv/bin/python -m bench.perf_detectors --quick   # 1,000 events only, one repeat, VAEs of 20 epochs
 
-Data: scikit-learn's digits through ``monitor.demo_data`` (a logistic regression's predictions with class
+Data: scikit-learn's digits through ``monitor.demo.data`` (a logistic regression's predictions with class
 scores, true labels, 64 pixel features). The reference is the 800-event reference part; a window of ``size``
 events is drawn with replacement from the 497 live events, spread over 20 client ids, with a ``region``
 group (4 values) on every event. Events go through the intake's own parser, and the window through the
@@ -46,9 +46,9 @@ from detectors.base import Batch, Detector
 from detectors.drift.latent import LatentDriftDetector
 from detectors.registry import create_detector
 from monitor.config import AppConfig
-from monitor.demo_data import live_events, reference_events
-from monitor.intake import PredictionEvent, parse_document
-from monitor.reference import to_batch
+from monitor.demo.data import live_events, reference_events
+from monitor.intake.parsing import PredictionEvent, parse_document
+from monitor.intake.reference import to_batch
 
 MODEL = "digits"
 CLIENTS = tuple(f"client-{i:02d}" for i in range(20))

@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.perf_ingest --profile  # adds a cProfile of Pipeline.ingest, without Kafka
 
 Set-up: the embedded broker (Tansu) with one topic of 4 partitions, pre-filled with ``--events`` digits
-prediction events (``monitor.demo_data.live_events``: 64 features, 10 class scores, a label, a client id;
+prediction events (``monitor.demo.data.live_events``: 64 features, 10 class scores, a label, a client id;
 about 1.2 kB of JSON each) of 4 models, each model keyed to its own partition as a producer keyed by model
 id would place them. One message in 1,000 is malformed (it goes to the dead-letter table, the only
 database write during the measurement). Event times span 4 one-minute windows per model.
@@ -46,8 +46,8 @@ from pathlib import Path
 from bench.perf_drift import load_average, machine
 from monitor.broker import EmbeddedBroker, create_topic
 from monitor.config import AppConfig, load_config
-from monitor.consumer import KafkaIntake, consumer_options
-from monitor.demo_data import live_events, reference_events
+from monitor.demo.data import live_events, reference_events
+from monitor.intake.kafka_consumer import KafkaIntake, consumer_options
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import Store, make_engine, migrate

@@ -44,7 +44,7 @@ from bench.perf_drift import load_average, machine
 from monitor.broker import EmbeddedBroker, create_topic, free_port
 from monitor.config import AppConfig
 from monitor.daemon import Daemon
-from monitor.demo_data import live_events, reference_events
+from monitor.demo.data import live_events, reference_events
 from monitor.pipeline import ClosedWindow
 from storage import AlertStore
 

@@ -6,7 +6,7 @@
 
 One process, no Kafka: a :class:`monitor.pipeline.Pipeline` on a SQLite file, fed message by message through
 ``Pipeline.ingest`` (the consumer thread's call) and closed with ``close_due`` (the scheduler's call). The
-``--models`` models share the digits reference (``monitor.demo_data``, 800 events, 64 features; one
+``--models`` models share the digits reference (``monitor.demo.data``, 800 events, 64 features; one
 reference file each) and run the 12 default detectors with the monitor's defaults, except the VAE-based
 ones train for at most ``--vae-epochs`` epochs (20 here; the default stops early, usually before 100) to
 keep the fit short; the size of what is kept (networks, calibration scores) does not depend on the epochs.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bench.perf_drift import load_average, machine
 from monitor.config import AppConfig
-from monitor.demo_data import live_events, reference_events
+from monitor.demo.data import live_events, reference_events
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import Store, make_engine, migrate

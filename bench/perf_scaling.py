@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 
 from bench.perf_detectors import Timing, fitted_detectors, reference, time_window, window
 from bench.perf_drift import load_average, machine
-from monitor.reference import to_batch
+from monitor.intake.reference import to_batch
 
 SIZES = (500, 1000, 2000, 5000, 10_000, 20_000)
 FEATURES = (8, 16, 32, 64)

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from monitor.demo import run_demo
+            from monitor.demo.runner import run_demo
 
             return run_demo(fast=args.fast, bootstrap_servers=args.bootstrap_servers, database_url=args.db)
         config = _config(args)

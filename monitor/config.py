@@ -33,7 +33,7 @@ from pydantic import (
 
 from detectors.registry import DETECTORS, create_detector
 from monitor.errors import ConfigError
-from monitor.intake import MODEL_ID
+from monitor.intake.parsing import MODEL_ID
 
 # Every detector of the contract that works on the logged events alone.
 DEFAULT_DETECTORS = (

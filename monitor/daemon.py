@@ -31,11 +31,11 @@ from monitor.api.app import RuntimeStatus, create_app
 from monitor.api.server import ApiServer
 from monitor.api.settings import check_exposure
 from monitor.config import AppConfig
-from monitor.consumer import Backoff, KafkaIntake
+from monitor.intake.kafka_consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
 from monitor.retention import purge_expired
 from storage import AlertStore, StorageUnavailable, Store, SubscriptionIn, make_engine, migrate
-from storage.retention import Retention
+from storage.purge import Retention
 
 log = logging.getLogger("sentinel.daemon")
 

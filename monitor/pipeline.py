@@ -26,9 +26,9 @@ from detectors.state import dump_state, load_state
 from monitor.config import AppConfig, ModelSettings
 from monitor.errors import IntakeError
 from monitor.heap import release_free_memory
-from monitor.intake import FeedbackEvent, PredictionEvent, parse_message
+from monitor.intake.parsing import FeedbackEvent, PredictionEvent, parse_message
+from monitor.intake.reference import content_hash, decode_events, encode_events, read_reference_file, to_batch
 from monitor.metrics import Histogram, LabelledCounter
-from monitor.reference import content_hash, decode_events, encode_events, read_reference_file, to_batch
 from monitor.windows import OffsetFloor, Position, TopicPartition, Window, window_start
 from storage import (
     AnomalyRow,

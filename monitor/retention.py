@@ -1,7 +1,7 @@
 """The retention job: delete stored history older than its configured age, a bounded amount per run.
 
 Safe on every replica at once: each batch is its own short transaction and, on PostgreSQL, takes rows with
-``SKIP LOCKED`` (see :mod:`storage.retention`), so two replicas split the work instead of repeating it.
+``SKIP LOCKED`` (see :mod:`storage.purge`), so two replicas split the work instead of repeating it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 from datetime import datetime, timedelta
 
 from monitor.config import RetentionSettings
-from storage.retention import Retention
+from storage.purge import Retention
 
 __all__ = ["MAX_BATCHES_PER_RUN", "purge_expired"]
 

@@ -16,7 +16,7 @@ import random
 import zlib
 from dataclasses import dataclass, field
 
-from monitor.intake import PredictionEvent
+from monitor.intake.parsing import PredictionEvent
 
 TopicPartition = tuple[str, int]
 

@@ -11,7 +11,7 @@ Every :class:`Store` method is one transaction and raises :class:`StorageError` 
 imports ``monitor`` or ``detectors``.
 """
 
-from storage.alerting import (
+from storage.alert_store import (
     AlertState,
     AlertStore,
     AlertWork,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import DEFAULT_DETECTORS, AppConfig
-from monitor.demo_data import live_events, reference_events
+from monitor.demo.data import live_events, reference_events
 
 MODEL = "digits"
 T0 = 1_795_000_200.0  # a window boundary for 60 s and 5 min windows

@@ -162,7 +162,7 @@ def test_environment_strings_arrive_as_given(password: str) -> None:
 
 
 def test_kafka_security_settings_reach_the_client_and_sasl_needs_credentials() -> None:
-    from monitor.consumer import consumer_options
+    from monitor.intake.kafka_consumer import consumer_options
 
     config = load_config(
         environ={

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from monitor.demo import BENIGN_CLIENTS, Phase, PhaseSpan, SeenAlert, assess
-from monitor.demo_data import BenignClients, digits_model
+from monitor.demo.data import BenignClients, digits_model
+from monitor.demo.runner import BENIGN_CLIENTS, Phase, PhaseSpan, SeenAlert, assess
 
 
 @dataclass(frozen=True)

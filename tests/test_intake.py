@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from monitor.errors import IntakeError
-from monitor.intake import FeedbackEvent, PredictionEvent, parse_message
+from monitor.intake.parsing import FeedbackEvent, PredictionEvent, parse_message
 
 
 def event(**overrides: Any) -> dict[str, Any]:

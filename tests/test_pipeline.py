@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import replay
-from monitor.intake import parse_message
+from monitor.intake.parsing import parse_message
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import Store, make_engine, migrate
@@ -73,7 +73,7 @@ def test_replay_twice_stores_nothing_twice(database_url: str, tmp_path: Path) ->
 
 def test_warmup_reference_then_windows(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    from monitor.demo_data import reference_events
+    from monitor.demo.data import reference_events
 
     warmup = reference_events(MODEL, start=T0 - 1000)  # 800 events before the live windows
     events = windowed_traffic([False, True])

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from monitor.config import RetentionSettings
 from monitor.retention import purge_expired
 from storage import AlertStore, DeadLetterIn, DeliveryIn, Store, make_engine, migrate
-from storage.retention import Retention
+from storage.purge import Retention
 from tests.test_api import MIN, T0, add_alert, add_window, resolve
 
 DAY = timedelta(days=1)

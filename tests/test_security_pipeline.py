@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from monitor.alerting import AlertEngine, AlertingSettings
-from monitor.demo_data import digits_model
+from monitor.demo.data import digits_model
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import AlertStore, Store, make_engine, migrate

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from monitor.broker import EmbeddedBroker, create_topic, free_port
-from monitor.demo_data import live_events
+from monitor.demo.data import live_events
 from storage import Store, make_engine, migrate
 from tests.daemon_process import DaemonProcess
 from tests.faults import lag_from_metrics, readiness, rss_kib, wait_until

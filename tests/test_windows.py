@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.intake import PredictionEvent
+from monitor.intake.parsing import PredictionEvent
 from monitor.windows import OffsetFloor, Position, Window, window_start
 
 

@@ -34,7 +34,7 @@ from monitor.api.queries import ApiQueries
 from monitor.api.settings import ApiSettings
 from monitor.metrics import HistogramSnapshot
 from storage import AlertStore, SilenceIn, StorageError, StorageUnavailable, Store, SubscriptionIn
-from storage.alerting import SEVERITIES
+from storage.alert_store import SEVERITIES
 from storage.crypto import SecretKeyError
 from storage.records import AlertRecord, WindowResultRecord
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from storage import models as orm
-from storage.alerting import AlertStore
+from storage.alert_store import AlertStore
 from storage.records import AlertRecord, WindowResultRecord
 from storage.session import EngineBound, check_limit
 from storage.store import Store

@@ -1,7 +1,7 @@
 """Attack traffic on the demo's digits classifier, one generator per attack of the scripted timeline.
 
 Each generator returns inputs (rows of the 64 pixel features, values 0 to 16) and, where the attack changes
-them, labels or the rows whose answer a manipulated model forces; :func:`monitor.demo_data.prediction_events`
+them, labels or the rows whose answer a manipulated model forces; :func:`monitor.demo.data.prediction_events`
 turns them into events. The strengths are those of the benchmarks (``bench/security_attacks.py`` and
 ``bench/security_poisoning.py``), which measure each detector against them over many seeded runs; the demo
 does not tune them to its own run. They live here because ``bench`` is not part of the installed package.
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitor.demo_data import DigitsModel
+from monitor.demo.data import DigitsModel
 
 __all__ = [
     "TRIGGER_PIXELS",
@@ -97,7 +97,7 @@ def probing_queries(
 def shift_inputs(model: DigitsModel, x: np.ndarray, *, shift_sd: float = 4.0) -> np.ndarray:
     """A copy of the inputs with the 8 most variable features moved up by ``shift_sd`` reference standard
     deviations: what a broken upstream feature pipeline does (``corrupt`` of
-    :func:`monitor.demo_data.live_events`), and what an evader's out-of-range inputs look like."""
+    :func:`monitor.demo.data.live_events`), and what an evader's out-of-range inputs look like."""
     shifted = x.copy()
     columns = list(model.shift_features)
     shifted[:, columns] += shift_sd * model.feature_std[columns]

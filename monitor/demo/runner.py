@@ -41,7 +41,7 @@ from monitor.alerting import AlertingSettings, DeliverySettings, verify_signatur
 from monitor.broker import EmbeddedBroker, create_topic, free_port
 from monitor.config import AppConfig
 from monitor.daemon import Daemon
-from monitor.demo_attacks import (
+from monitor.demo.attacks import (
     flip_labels,
     out_of_range_inputs,
     probing_queries,
@@ -50,7 +50,7 @@ from monitor.demo_attacks import (
     uniform_queries,
     with_trigger,
 )
-from monitor.demo_data import REGIONS, BenignClients, digits_model, prediction_events, reference_events
+from monitor.demo.data import REGIONS, BenignClients, digits_model, prediction_events, reference_events
 from monitor.logs import configure_logging
 from monitor.pipeline import ClosedWindow
 from storage import AlertRecord, AlertStore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from detectors.base import Batch
 from monitor.errors import ConfigError, IntakeError
-from monitor.intake import PredictionEvent, parse_document, parse_message
+from monitor.intake.parsing import PredictionEvent, parse_document, parse_message
 
 
 def read_reference_file(path: Path, model: str) -> tuple[list[PredictionEvent], str]:
