@@ -26,7 +26,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.alerting import AlertEngine, DeliveryWorker
-from monitor.alerting.delivery import WebhookGuard
+from monitor.alerting.webhook_guard import WebhookGuard
 from monitor.api.app import RuntimeStatus, create_app
 from monitor.api.server import ApiServer
 from monitor.api.settings import check_exposure

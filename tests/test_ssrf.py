@@ -19,15 +19,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerting.delivery import (
-    DeliveryWorker,
-    UnsafeWebhookUrl,
-    WebhookGuard,
-    address_class,
-    render_body,
-    verify_signature,
-)
+from monitor.alerting.delivery import DeliveryWorker, render_body, verify_signature
 from monitor.alerting.settings import DeliverySettings
+from monitor.alerting.webhook_guard import UnsafeWebhookUrl, WebhookGuard, address_class
 from monitor.api.app import create_app
 from monitor.api.settings import ApiSettings
 from storage import AlertState, AlertStore, DeliveryIn, Store, SubscriptionIn, make_engine, migrate
