@@ -8,8 +8,10 @@ predictions (label and scores) and the true labels, so that every detector has t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from detectors import DETECTORS, Batch, Detector, NotFittedError, Status, create_detector
+from detectors import DETECTORS, Batch, DetectionResult, Detector, NotFittedError, Status, create_detector
 from detectors.state import dump_state, load_state
 
 # Parameters that only make the contract run faster; the detector's defaults apply otherwise.
@@ -34,6 +36,18 @@ _FAST_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 _SPLIT_SEED = 20_240_603
+
+# Parameters of the stored-state fixture: a tiny VAE and few reference neighbours keep its files small.
+_TINY_VAE = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 5}
+STORED_STATE_PARAMS: dict[str, dict[str, Any]] = {
+    "vae_anomaly": _TINY_VAE,
+    "backdoor": {"vae": _TINY_VAE},
+    "evasion": {"vae": _TINY_VAE},
+    "latent_drift": {"vae": _TINY_VAE, "max_reference": 100},
+    "label_consistency": {"max_reference": 100},
+}
+
+_STORED_STATES = Path(__file__).parent / "fixtures" / "detector_states"
 
 
 def _cancer_batches() -> tuple[Batch, Batch]:
@@ -74,6 +88,36 @@ def _cancer_batches() -> tuple[Batch, Batch]:
         )
 
     return batch(reference_ids), batch(window_ids)
+
+
+def shifted_window(window: Batch) -> Batch:
+    """The window with something for every detector to find: eight features scaled by 1.6, 30 % of the
+    labels and 25 % of the predictions flipped, 60 events from one client, and a group attribute."""
+    rng = np.random.default_rng(7)
+    moved = list(window.features[0])[:8]
+    flipped = {"benign": "malignant", "malignant": "benign"}
+    predictions = []
+    for prediction, flip in zip(window.predictions, rng.random(len(window)) < 0.25, strict=True):
+        scores = {cls: 1.0 - score for cls, score in prediction["scores"].items()}
+        predictions.append(
+            {"label": max(scores, key=scores.__getitem__), "scores": scores} if flip else prediction
+        )
+    return dataclasses.replace(
+        window,
+        features=[{k: v * 1.6 if k in moved else v for k, v in f.items()} for f in window.features],
+        labels=[
+            flipped[str(label)] if flip else label
+            for label, flip in zip(window.labels, rng.random(len(window)) < 0.3, strict=True)
+        ],
+        predictions=predictions,
+        client_ids=["attacker" if i < 60 else client for i, client in enumerate(window.client_ids)],
+        groups=[{"region": "a" if i % 3 else "b"} for i in range(len(window))],
+    )
+
+
+def result_document(result: DetectionResult) -> Any:
+    """A result as the JSON document it is stored as (floats exact: JSON keeps their shortest repr)."""
+    return json.loads(json.dumps(dataclasses.asdict(result), allow_nan=True))
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +315,26 @@ def test_detectors_sharing_one_window_get_the_results_they_get_alone(cancer: tup
     assert shared_window._encodings, "no detector used the window's shared encoding"
     for schema, matrix in shared_window._encodings.items():
         assert np.array_equal(matrix, schema.encode(window.features))
+
+
+# ---------------------------------------------------------------------------------------------- stored states
+
+
+@pytest.mark.parametrize("detector_id", sorted(DETECTORS))
+def test_states_stored_by_earlier_code_load_and_evaluate_identically(
+    detector_id: str, cancer: tuple[Batch, Batch]
+) -> None:
+    # A deployed daemon reloads the detector states it stored instead of refitting: the bytes written by
+    # the code before the detector plumbing was shared (tests/fixtures/detector_states/generate.py) must
+    # load, give the same results and, when saved again, the same bytes.
+    expected = json.loads((_STORED_STATES / "expected.json").read_text(encoding="utf-8"))[detector_id]
+    stored = (_STORED_STATES / f"{detector_id}.state").read_bytes()
+    detector = create_detector(detector_id, STORED_STATE_PARAMS.get(detector_id, {}))
+    assert detector.get_params() == expected["params"]
+    detector.load_state_dict(load_state(stored))
+    assert dump_state(detector.state_dict()) == stored
+    _, clean = cancer
+    for name, window in {"clean": clean, "shifted": shifted_window(clean)}.items():
+        result = detector.evaluate(dataclasses.replace(window))
+        assert result_document(result) == expected["results"][name], name
+    assert hashlib.sha256(dump_state(detector.state_dict())).hexdigest() == expected["final_state_sha256"]
