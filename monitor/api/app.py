@@ -30,7 +30,7 @@ from monitor.alerting.delivery import WebhookGuard
 from monitor.api.auth import Scope, TokenChecker
 from monitor.api.dashboard import dashboard_router
 from monitor.api.limits import RequestLimits
-from monitor.api.queries import ApiQueries
+from storage.queries import ApiQueries
 from monitor.api.settings import ApiSettings
 from monitor.metrics import HistogramSnapshot
 from storage import AlertStore, SilenceIn, StorageError, StorageUnavailable, Store, SubscriptionIn
