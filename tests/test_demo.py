@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from monitor.demo.alert_watcher import SeenAlert
+from monitor.demo.assessment import PhaseSpan, assess
 from monitor.demo.data import BenignClients, digits_model
-from monitor.demo.runner import BENIGN_CLIENTS, Phase, PhaseSpan, SeenAlert, assess
+from monitor.demo.timeline import BENIGN_CLIENTS, Phase
 
 
 @dataclass(frozen=True)
