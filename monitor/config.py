@@ -18,22 +18,17 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from detectors.registry import DETECTORS, create_detector
+from monitor.alerting.settings import AlertingSettings
+from monitor.api.settings import ApiSettings
 from monitor.errors import ConfigError
 from monitor.intake.parsing import MODEL_ID
+from monitor.settings_base import Duration, StrictSettings, parse_duration
 
 # Every detector of the contract that works on the logged events alone.
 DEFAULT_DETECTORS = (
@@ -56,37 +51,12 @@ ENV_PREFIX = "SENTINEL_"
 # Variables with the prefix that are not configuration keys.
 ENV_RESERVED = {"SENTINEL_CONFIG", "SENTINEL_REQUIRE_SERVICES"}
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``300``, ``"300"``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"1d"``."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a duration such as '60s', '5m' or 300 (got {value!r})")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"must be a duration such as '60s', '5m' or 300 (got {value!r})")
-    if not seconds > 0:
-        raise ValueError(f"must be a positive duration such as '60s', '5m' or 300 (got {value!r})")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
 
 def _default_detectors() -> dict[str, dict[str, Any] | bool | None]:
     return {name: {} for name in DEFAULT_DETECTORS if name in DETECTORS}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KafkaSettings(_Strict):
+class KafkaSettings(StrictSettings):
     """Where the prediction logs come from."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -149,7 +119,7 @@ class KafkaSettings(_Strict):
         return self
 
 
-class ReferenceSettings(_Strict):
+class ReferenceSettings(StrictSettings):
     """Where a model's reference (what normal looks like) comes from."""
 
     source: Literal["warmup", "file"] = "warmup"
@@ -165,7 +135,7 @@ class ReferenceSettings(_Strict):
         return self
 
 
-class Persistence(_Strict):
+class Persistence(StrictSettings):
     """Alert only when ``k`` of a detector's last ``n`` tested windows fail (Prometheus' ``for:``)."""
 
     k: int = Field(2, ge=1)
@@ -178,7 +148,7 @@ class Persistence(_Strict):
         return self
 
 
-class ModelSettings(_Strict):
+class ModelSettings(StrictSettings):
     """Per-model settings; ``defaults`` holds them for every model, ``models.<id>`` overrides."""
 
     window: Duration = 60.0
@@ -252,17 +222,12 @@ class ModelSettings(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class LogSettings(_Strict):
+class LogSettings(StrictSettings):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
 
 
-# Here, not at the top: the alerting settings subclass _Strict and use Duration, defined above.
-from monitor.alerting.settings import AlertingSettings  # noqa: E402
-from monitor.api.settings import ApiSettings  # noqa: E402
-
-
-class RetentionSettings(_Strict):
+class RetentionSettings(StrictSettings):
     """How long stored history is kept; ``null`` keeps it forever. A job deletes older rows in batches."""
 
     enabled: bool = True
@@ -273,7 +238,7 @@ class RetentionSettings(_Strict):
     batch: int = Field(1000, ge=1, le=100_000)  # rows per transaction
 
 
-class AppConfig(_Strict):
+class AppConfig(StrictSettings):
     """The whole configuration of one daemon."""
 
     database_url: str = "sqlite:///sentinel.db"

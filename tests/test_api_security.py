@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from alembic import command
 from fastapi.testclient import TestClient
 
-from monitor.alerting.delivery import DeliveryWorker, WebhookGuard
+from monitor.alerting.delivery import DeliveryWorker
 from monitor.alerting.settings import AlertingSettings, DeliverySettings
+from monitor.alerting.webhook_guard import WebhookGuard
 from monitor.api.app import create_app
 from monitor.api.server import ApiServer
 from monitor.api.settings import ApiSettings
@@ -356,7 +357,7 @@ def test_the_webhook_secret_never_appears_in_logs_responses_or_the_database(
 
 
 def test_a_delivery_signed_from_a_sealed_secret_verifies(tmp_path: Path) -> None:
-    from monitor.alerting.delivery import verify_signature
+    from monitor.alerting.rendering import verify_signature
 
     engine = make_engine(f"sqlite:///{tmp_path / 'sign.db'}")
     migrate(engine)

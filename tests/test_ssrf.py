@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerting.delivery import DeliveryWorker, render_body, verify_signature
+from monitor.alerting.delivery import DeliveryWorker
+from monitor.alerting.rendering import render_body, verify_signature
 from monitor.alerting.settings import DeliverySettings
 from monitor.alerting.webhook_guard import UnsafeWebhookUrl, WebhookGuard, address_class
 from monitor.api.app import create_app

@@ -1,20 +1,8 @@
 """Alerting: the alert lifecycle (:class:`AlertEngine`), the webhook/Kafka outbox sender
-(:class:`DeliveryWorker`) and their configuration (:class:`AlertingSettings`)."""
+(:class:`DeliveryWorker`), what a notification says (:func:`render_body`), the SSRF guard
+(:class:`WebhookGuard`) and their configuration (:class:`AlertingSettings`)."""
 
-# monitor.config imports AlertingSettings from this package, and the settings subclass monitor.config's base:
-# loading monitor.config first makes the import order the same whichever module is imported first.
-import monitor.config  # noqa: F401  isort: skip
-from monitor.alerting.delivery import (
-    DeliveryWorker,
-    UnsafeWebhookUrl,
-    WebhookGuard,
-    alert_document,
-    classify_status,
-    render_body,
-    retry_delay,
-    sign,
-    verify_signature,
-)
+from monitor.alerting.delivery import DeliveryWorker, classify_status, retry_delay
 from monitor.alerting.lifecycle import (
     AlertEngine,
     EngineReport,
@@ -29,6 +17,7 @@ from monitor.alerting.lifecycle import (
     silenced,
     subject_of,
 )
+from monitor.alerting.rendering import alert_document, render_body, sign, verify_signature
 from monitor.alerting.settings import (
     AlertingSettings,
     DeliverySettings,
@@ -36,6 +25,7 @@ from monitor.alerting.settings import (
     SilenceSettings,
     SubscriptionSettings,
 )
+from monitor.alerting.webhook_guard import UnsafeWebhookUrl, WebhookGuard
 
 __all__ = [
     "AlertEngine",

@@ -1,4 +1,4 @@
-"""Sending the outbox: webhooks over HTTP (httpx) and the optional Kafka alerts topic.
+"""Sending the outbox: the delivery worker and its retry policy.
 
 :class:`DeliveryWorker` claims due deliveries (:meth:`storage.AlertStore.claim_deliveries`: ``SKIP LOCKED``
 plus a lease, so several replicas share the work on PostgreSQL), sends each with a timeout and records every
@@ -7,40 +7,22 @@ retried with exponential backoff and jitter (:func:`retry_delay`) until ``max_ag
 the delivery for good. Delivery is at-least-once: a delivery whose acknowledgement was lost (a crash between
 the send and the record) is sent again, with the same ``X-Sentinel-Delivery`` id and the same body.
 
-Webhook request (contract section 4)::
-
-    POST <url>
-    Content-Type: application/json
-    X-Sentinel-Delivery: <delivery uuid, stable across retries>
-    X-Sentinel-Timestamp: <unix seconds of this attempt>
-    X-Sentinel-Signature: sha256=<hex HMAC-SHA256 of the body with the subscription's secret>
-    X-Sentinel-Event: firing | escalated | repeat | resolved
-
-    {"version": "1", "status": "firing", "alert": {...}}
-
-A receiver verifies with :func:`verify_signature`. Bodies are rendered once, when the delivery is enqueued
-(:func:`render_body`), so every retry sends the same bytes.
+A webhook is an HTTP POST (httpx) of the body rendered at enqueue time (:mod:`monitor.alerting.rendering`
+describes the request and its signature); the Kafka alerts topic is the other channel
+(:mod:`monitor.alerting.kafka_sink`).
 
 The subscription's secret is stored sealed (:mod:`storage.crypto`); the worker opens it just before signing
 and keeps it no longer than the attempt. A secret that does not open (the key is not the one it was sealed
 with) fails the attempt with an error naming ``alerting.secret_key`` and is retried with the usual backoff,
 so fixing the key and restarting delivers what waited.
 
-Server-side request forgery (:class:`WebhookGuard`): whoever may create a subscription must not be able to
-make Sentinel send requests into the network it runs in (a cloud metadata service, an admin port on
-loopback, a database on a private range). Before each attempt the URL's host is resolved, every address is
-checked (private RFC 1918, loopback, link-local incl. 169.254.169.254, unique-local IPv6, unspecified,
-CGNAT, multicast, reserved: refused unless allowed in ``alerting.delivery``), and the request is sent to the
-address that was checked, with the original ``Host`` header and TLS server name: a DNS answer that changes
-between the check and the connection (rebinding) cannot redirect it. Redirects are never followed (a 3xx is
-not an acknowledgement and fails the delivery), so a receiver cannot bounce a delivery inward either.
+Every webhook attempt passes the SSRF guard (:mod:`monitor.alerting.webhook_guard`) first and connects to the
+address the guard checked. Redirects are never followed (a 3xx is not an acknowledgement and fails the
+delivery), so a receiver cannot bounce a delivery inward either.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
 import os
 import random
@@ -50,147 +32,33 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from monitor.alerting.kafka_sink import KafkaAlertSink
+from monitor.alerting.rendering import sign
 from monitor.alerting.webhook_guard import UnsafeWebhookUrl, WebhookGuard, WebhookTarget
+from monitor.clock import WallClock, utcnow
 from monitor.errors import DeliveryError
-from storage import AlertRecord, AlertStore, AttemptIn, DeliveryJob, StorageUnavailable
+from storage import AlertStore, AttemptIn, DeliveryJob, StorageUnavailable
 from storage.crypto import SecretBox, SecretKeyError
 
 if TYPE_CHECKING:
     from monitor.alerting.settings import DeliverySettings
     from monitor.config import KafkaSettings
 
-__all__ = [
-    "USER_AGENT",
-    "DeliveryWorker",
-    "UnsafeWebhookUrl",
-    "WebhookGuard",
-    "alert_document",
-    "classify_status",
-    "render_body",
-    "retry_delay",
-    "rfc3339",
-    "sign",
-    "verify_signature",
-]
+__all__ = ["USER_AGENT", "DeliveryWorker", "classify_status", "retry_delay"]
 
 log = logging.getLogger("sentinel.delivery")
 
 USER_AGENT = "sentinel-webhook/1"
 _ERROR_LIMIT = 500  # characters of an error message kept per attempt
-_ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
-
-Clock = Callable[[], datetime]
 
 
-# ----------------------------------------------------------------------------------- formats
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """An aware datetime as RFC 3339 UTC with a ``Z`` (None stays None)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def alert_document(alert: AlertRecord) -> dict[str, Any]:
-    """The contract's alert object (section 4), times as RFC 3339 UTC."""
-    return {
-        "id": alert.id,
-        "fingerprint": alert.fingerprint,
-        "model": alert.model,
-        "detector": alert.detector,
-        "threat": alert.threat,
-        "severity": alert.severity,
-        "state": alert.state,
-        "title": alert.title,
-        "summary": alert.summary,
-        "window_start": rfc3339(alert.window_start),
-        "window_end": rfc3339(alert.window_end),
-        "statistic": alert.statistic,
-        "threshold": alert.threshold,
-        "p_value": alert.p_value,
-        "details": alert.details,
-        "first_seen": rfc3339(alert.first_seen),
-        "last_seen": rfc3339(alert.last_seen),
-        "count": alert.count,
-        "resolved_at": rfc3339(alert.resolved_at),
-    }
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    # Compact and key-sorted: the same alert always renders to the same bytes.
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def render_body(fmt: str, alert: AlertRecord, *, receiver: str = "sentinel") -> bytes:
-    """The request body for one notification of ``alert`` in its current state.
-
-    ``native``: ``{"version": "1", "status": ..., "alert": {...}}`` exactly as in the contract (also the
-    Kafka message value). ``slack``: ``{"text": ...}``. ``alertmanager``: Alertmanager's webhook payload
-    (version "4") with one alert, so tools that take Alertmanager webhooks take Sentinel's.
-    """
-    status = alert.state
-    if fmt == "native":
-        return _dumps({"version": "1", "status": status, "alert": alert_document(alert)})
-    if fmt == "slack":
-        mark = "RESOLVED" if status == "resolved" else f"FIRING:{alert.severity.upper()}"
-        return _dumps({"text": f"[{mark}] {alert.title}\n{alert.summary}"})
-    if fmt == "alertmanager":
-        labels = {
-            "alertname": alert.detector,
-            "model": alert.model,
-            "detector": alert.detector,
-            "threat": alert.threat,
-            "severity": alert.severity,
-        }
-        subject = alert.details.get("subject") if isinstance(alert.details, dict) else None
-        if subject:
-            labels["subject"] = str(subject)
-        annotations = {"summary": alert.title, "description": alert.summary}
-        return _dumps(
-            {
-                "version": "4",
-                "groupKey": f'{{}}:{{fingerprint="{alert.fingerprint}"}}',
-                "truncatedAlerts": 0,
-                "status": status,
-                "receiver": receiver,
-                "groupLabels": {"fingerprint": alert.fingerprint},
-                "commonLabels": labels,
-                "commonAnnotations": annotations,
-                "externalURL": "",
-                "alerts": [
-                    {
-                        "status": status,
-                        "labels": labels,
-                        "annotations": annotations,
-                        "startsAt": rfc3339(alert.first_seen),
-                        "endsAt": rfc3339(alert.resolved_at) or _ZERO_TIME,
-                        "generatorURL": "",
-                        "fingerprint": alert.fingerprint,
-                    }
-                ],
-            }
-        )
-    raise ValueError(f"unknown payload format {fmt!r}; valid: native, slack, alertmanager")
-
-
-# ----------------------------------------------------------------------------------- signing and outcomes
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The ``X-Sentinel-Signature`` value: ``sha256=`` and the hex HMAC-SHA256 of the exact body bytes."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """What a receiver does: recompute the signature and compare in constant time."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+# ----------------------------------------------------------------------------------- retry policy
 
 
 def classify_status(status_code: int) -> str:
@@ -270,7 +138,7 @@ class DeliveryWorker:
         settings: DeliverySettings,
         *,
         kafka: KafkaSettings | None = None,
-        now: Clock | None = None,
+        now: WallClock | None = None,
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
         worker_id: str | None = None,
@@ -283,7 +151,7 @@ class DeliveryWorker:
         self.guard = guard or WebhookGuard.from_settings(settings)
         self._secret_box = secret_box
         self.kafka = kafka
-        self._now = now or (lambda: datetime.now(UTC))
+        self._now = now or utcnow
         self._rng = rng or random.Random()
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # httpx logs every request with its full URL at INFO, and a webhook URL may carry a token (Slack
@@ -295,8 +163,7 @@ class DeliveryWorker:
             follow_redirects=False,  # a redirect is not an acknowledgement
             headers={"User-Agent": USER_AGENT},
         )
-        self._producer_factory = producer_factory
-        self._producer: Any = None
+        self._kafka_sink = KafkaAlertSink(kafka, settings.timeout, producer_factory)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -321,12 +188,7 @@ class DeliveryWorker:
     def close(self) -> None:
         """Release the HTTP client and the Kafka producer."""
         self._client.close()
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=5)
-            except Exception:  # closing a producer whose broker is away must not fail the stop
-                log.debug("closing the alerts producer failed", exc_info=True)
-            self._producer = None
+        self._kafka_sink.close()
 
     def _loop(self) -> None:
         backoff = self.settings.poll_interval
@@ -494,49 +356,6 @@ class DeliveryWorker:
         return target
 
     def _produce(self, job: DeliveryJob) -> None:
-        from kafka.errors import KafkaError
-
         if job.topic is None:
             raise DeliveryError("kafka delivery without a topic", retryable=False)
-        try:
-            producer = self._producer_instance()
-            future = producer.send(job.topic, key=job.fingerprint.encode(), value=job.body)
-            future.get(timeout=self.settings.timeout)
-        except KafkaError as exc:
-            self._drop_producer()
-            raise DeliveryError(f"Kafka: {type(exc).__name__}: {exc}", retryable=True) from exc
-
-    def _producer_instance(self) -> Any:
-        if self._producer is None:
-            if self.kafka is None:
-                from kafka.errors import KafkaConfigurationError
-
-                raise KafkaConfigurationError("no Kafka connection settings for the alerts topic")
-            factory = self._producer_factory
-            if factory is None:
-                from kafka import KafkaProducer
-
-                factory = KafkaProducer
-            self._producer = factory(**_producer_options(self.kafka, self.settings.timeout))
-        return self._producer
-
-    def _drop_producer(self) -> None:
-        # A producer that failed may be wedged on a dead connection: the next attempt builds a new one.
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=1)
-            except Exception:
-                log.debug("closing a failed alerts producer failed", exc_info=True)
-            self._producer = None
-
-
-def _producer_options(settings: KafkaSettings, timeout: float) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers.split(","),
-        "client_id": f"{settings.client_id}-alerts",
-        "acks": "all",
-        "request_timeout_ms": int(timeout * 1000),
-        "max_block_ms": int(timeout * 1000),
-        **settings.security_options(),
-    }
-    return options
+        self._kafka_sink.send(job.topic, key=job.fingerprint.encode(), value=job.body)

@@ -21,6 +21,9 @@ The rules, per fingerprint (model + detector + subject, Alertmanager style: a ha
 Notifications: :func:`needs_notification` is a pure function of the alert, the notification log entry of one
 target (the newest delivery of that alert to it) and ``now``: first firing, escalation, resolution, and a
 repeat every ``repeat_interval`` while firing. Silenced alerts are stored as usual and notify no one.
+
+Why one module of over 500 lines: the rules above (identity, transitions, notification) are pure functions and
+the engine only applies them to one batch of results in one transaction; they are read, and changed, together.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from monitor.alerting.delivery import render_body
+from monitor.alerting.rendering import render_body
 from monitor.alerting.settings import LOWER_IS_WORSE, AlertingSettings, SeverityBands
+from monitor.clock import WallClock, utcnow
 from storage import (
     AlertState,
     AlertStore,
@@ -68,13 +72,6 @@ log = logging.getLogger("sentinel.alerts")
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 MAX_SUBJECTS = 20  # alerts one window of one detector may open or refresh, one per flagged subject
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    """The current time, aware UTC."""
-    return datetime.now(UTC)
-
 
 # ----------------------------------------------------------------------------------- identity and severity
 
@@ -394,7 +391,7 @@ class AlertEngine:
         The clock (aware UTC); tests inject one. ``run_once(now=...)`` overrides it per call.
     """
 
-    def __init__(self, store: AlertStore, settings: AlertingSettings, *, now: Clock = utcnow) -> None:
+    def __init__(self, store: AlertStore, settings: AlertingSettings, *, now: WallClock = utcnow) -> None:
         self.store = store
         self.settings = settings
         self._now = now

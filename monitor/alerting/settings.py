@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from detectors.registry import DETECTORS
-from monitor.config import Duration, _Strict
+from monitor.settings_base import Duration, StrictSettings
 from storage.crypto import SECRET_KEY_SETTING, SecretKeyError, parse_key
 
 __all__ = [
@@ -78,7 +78,7 @@ def _known_detector(detector_id: str) -> str:
     return detector_id
 
 
-class SeverityBands(_Strict):
+class SeverityBands(StrictSettings):
     """How strong a failing result's evidence must be for each severity; the stronger of the two bands wins.
 
     p-value bands: ``p < critical_p`` is critical, ``p < warning_p`` warning, otherwise info. Effect-size
@@ -113,7 +113,7 @@ class SeverityBands(_Strict):
         return self
 
 
-class SubscriptionSettings(_Strict):
+class SubscriptionSettings(StrictSettings):
     """A webhook subscription from the configuration (synced into the database at start, by name).
 
     Empty filter lists match everything; ``min_severity`` is the least severe alert it receives. The secret
@@ -151,7 +151,7 @@ class SubscriptionSettings(_Strict):
         return value
 
 
-class SilenceSettings(_Strict):
+class SilenceSettings(StrictSettings):
     """Mute the notifications of alerts matching every given matcher (at least one) until ``until``."""
 
     fingerprint: str | None = None
@@ -177,7 +177,7 @@ class SilenceSettings(_Strict):
         return self
 
 
-class DeliverySettings(_Strict):
+class DeliverySettings(StrictSettings):
     """How the outbox is sent: per-attempt timeout, exponential backoff with jitter, and when to give up.
 
     The n-th retry waits ``min(backoff_max, backoff_initial * 2**(n-1))``, shortened by a random fraction
@@ -231,7 +231,7 @@ class DeliverySettings(_Strict):
         return self.lease if self.lease is not None else self.timeout * self.batch_size + 30.0
 
 
-class AlertingSettings(_Strict):
+class AlertingSettings(StrictSettings):
     """The alert lifecycle, its notifications and where they go."""
 
     enabled: bool = True

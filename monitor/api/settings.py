@@ -19,8 +19,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from monitor.config import _Strict
 from monitor.errors import ConfigError
+from monitor.settings_base import StrictSettings
 
 __all__ = ["ApiSettings", "check_exposure", "is_loopback"]
 
@@ -28,7 +28,7 @@ __all__ = ["ApiSettings", "check_exposure", "is_loopback"]
 Token = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
 
 
-class ApiSettings(_Strict):
+class ApiSettings(StrictSettings):
     """Where the API listens and who may use it (tokens are compared in constant time)."""
 
     host: str = "127.0.0.1"

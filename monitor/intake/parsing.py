@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from detectors.base import FeatureValue
 from monitor.errors import IntakeError
-
-FeatureValue = float | int | str | bool | None
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
