@@ -9,7 +9,7 @@ Used by ``sentinel demo``, the tests and the benchmarks.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -235,9 +235,3 @@ class BenignClients:
         regions = self._rng.integers(0, len(self.regions), len(rows))
         return np.array(rows, dtype=np.intp), senders, [{"region": self.regions[r]} for r in regions]
 
-
-def iter_jsonl(events: Sequence[dict[str, Any]]) -> Iterator[bytes]:
-    import json
-
-    for event in events:
-        yield json.dumps(event, separators=(",", ":")).encode("utf-8")
