@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TextIO
 
 from detectors.base import DetectionResult
-from monitor.config import AppConfig, load_config
+from monitor.config import AppConfig, load_config, redact_url
+from monitor.database import open_store
 from monitor.errors import ConfigError
 from monitor.logs import configure_logging
 from monitor.pipeline import ClosedWindow, Pipeline, RawMessage
 from monitor.windows import Position
-from storage import StorageError, Store, make_engine, migrate
+from storage import StorageError
 
 log = logging.getLogger("sentinel.cli")
 
@@ -78,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return replay(args.file, config, as_json=args.json)
         if args.command == "migrate":
-            migrate(make_engine(config.database_url))
-            print(f"database schema is up to date ({_redacted(config.database_url)})")
+            with open_store(config) as database:
+                database.migrate()
+            print(f"database schema is up to date ({redact_url(config.database_url)})")
             return 0
         if args.command == "alerts":
             return _alerts(config, args)
@@ -105,9 +107,9 @@ def _config(args: argparse.Namespace) -> AppConfig:
 def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: TextIO | None = None) -> int:
     """Feed a JSONL file through the pipeline on event time only, close every window, exit."""
     stream = out if out is not None else sys.stdout
-    engine = make_engine(config.database_url)
-    migrate(engine)
-    store = Store(engine)
+    database = open_store(config)
+    database.migrate()
+    store = database.store
 
     def show(closed: ClosedWindow) -> None:
         print(format_window(closed, as_json=as_json), file=stream)
@@ -198,8 +200,7 @@ def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from monitor.alerting import alert_document
-    from monitor.config import parse_duration
-    from storage import AlertStore
+    from monitor.settings_base import parse_duration
 
     since = None
     if args.since:
@@ -222,9 +223,8 @@ def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("sentinel: --limit must be at least 1", file=sys.stderr)
         return 2
-    engine = make_engine(config.database_url)
-    try:
-        rows = AlertStore(engine).list_alerts(
+    with open_store(config) as database:
+        rows = database.alerts.list_alerts(
             model=args.model,
             detector=args.detector,
             state=args.state,
@@ -232,8 +232,6 @@ def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
         )
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps([alert_document(row) for row in rows], indent=2))
         return 0
@@ -250,12 +248,6 @@ def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
             f"{row.count:>5}  {row.model:<20}  {row.detector:<18}  {row.title}"
         )
     return 0
-
-
-def _redacted(url: str) -> str:
-    import re
-
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 if __name__ == "__main__":

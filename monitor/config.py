@@ -286,7 +286,7 @@ class AppConfig(StrictSettings):
     def _database_url(cls, value: str) -> str:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
             raise ValueError(
-                f"must be a sqlite:/// or postgresql+psycopg:// URL (got {_redact_url(value)!r})"
+                f"must be a sqlite:/// or postgresql+psycopg:// URL (got {redact_url(value)!r})"
             )
         return value
 
@@ -305,7 +305,8 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return result
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (safe to print or log)."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 

@@ -31,10 +31,11 @@ from monitor.api.app import RuntimeStatus, create_app
 from monitor.api.server import ApiServer
 from monitor.api.settings import check_exposure
 from monitor.config import AppConfig
+from monitor.database import Database, open_store
 from monitor.intake.kafka_consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
 from monitor.retention import purge_expired
-from storage import AlertStore, StorageUnavailable, Store, SubscriptionIn, make_engine, migrate
+from storage import AlertStore, StorageUnavailable, SubscriptionIn
 from storage.purge import Retention
 
 log = logging.getLogger("sentinel.daemon")
@@ -48,21 +49,17 @@ class RunState(enum.StrEnum):
     CRASHED = "crashed"
 
 
-def connect_store(config: AppConfig, stop: threading.Event | None = None) -> Store | None:
-    """Create the engine, migrate and return the store, retrying while the database is unreachable."""
-    return wait_for_database(Store(make_engine(config.database_url)), config, stop)
-
-
-def wait_for_database(store: Store, config: AppConfig, stop: threading.Event | None = None) -> Store | None:
+def wait_for_database(
+    database: Database, config: AppConfig, stop: threading.Event | None = None
+) -> Database | None:
     """Migrate the schema and ping, retrying with backoff while the database is unreachable; None if
     ``stop`` is set first."""
     backoff = Backoff(config.db_retry_initial, config.db_retry_max)
     while stop is None or not stop.is_set():
         try:
-            key = config.alerting.secret_key
-            migrate(store.engine, secret_key=key.get_secret_value() if key is not None else None)
-            store.ping()
-            return store
+            database.migrate()
+            database.store.ping()
+            return database
         except StorageUnavailable as exc:
             delay = backoff.next()
             log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
@@ -109,9 +106,10 @@ class Daemon:
         try:
             # Serve first: /healthz answers (the pod stays alive) and /readyz says "database unreachable"
             # while the database is away, instead of a liveness probe restarting the pod in a loop.
-            store = Store(make_engine(self.config.database_url))
-            self._start_api(store)
-            if wait_for_database(store, self.config, self._stop) is None:
+            database = open_store(self.config)
+            store = database.store
+            self._start_api(database)
+            if wait_for_database(database, self.config, self._stop) is None:
                 self._stop_api()
                 self.state = RunState.STOPPED
                 log.info("stopped before the database was reachable")
@@ -119,7 +117,7 @@ class Daemon:
             pipeline = Pipeline(self.config, store, on_window=self.on_window)
             self.pipeline = pipeline
             self._prepare(pipeline)
-            self._prepare_alerting(store)
+            self._prepare_alerting(database.alerts)
             self.intake = KafkaIntake(
                 self.config.kafka,
                 pipeline,
@@ -183,19 +181,13 @@ class Daemon:
             self._stop_api()
             return 1
 
-    def _alert_store(self, store: Store) -> AlertStore:
-        """An AlertStore that seals webhook secrets with the configured key (else the environment's or,
-        for a SQLite file, the key file beside it: see storage.crypto)."""
-        key = self.config.alerting.secret_key
-        return AlertStore(store.engine, secret_key=key.get_secret_value() if key is not None else None)
-
     def _retention_tick(self, retention: Retention) -> None:
         try:
             purge_expired(retention, self.config.retention, datetime.now(UTC))
         except StorageUnavailable as exc:
             log.warning("retention skipped this run: database unavailable (%s)", exc)
 
-    def _start_api(self, store: Store) -> None:
+    def _start_api(self, database: Database) -> None:
         """Serve the HTTP API on its own thread (``api.enabled``).
 
         A port that cannot be bound is logged, not fatal: monitoring and alerting are the main job, and a
@@ -205,8 +197,8 @@ class Daemon:
         if not settings.enabled:
             return
         app = create_app(
-            store,
-            self._alert_store(store),
+            database.store,
+            database.alerts,
             settings,
             status_provider=self.runtime_status,
             webhook_guard=WebhookGuard.from_settings(self.config.alerting.delivery),
@@ -256,13 +248,12 @@ class Daemon:
                 log.warning("database unavailable while loading models (%s); retrying in %.1f s", exc, delay)
                 self._stop.wait(delay)
 
-    def _prepare_alerting(self, store: Store) -> None:
+    def _prepare_alerting(self, alert_store: AlertStore) -> None:
         """Sync the configured subscriptions into the database; build the alert engine and delivery worker."""
         settings = self.config.alerting
         if not settings.enabled:
             log.info("alerting is disabled (alerting.enabled: false)")
             return
-        alert_store = self._alert_store(store)
         wanted = [
             SubscriptionIn(
                 name=s.name,

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from alembic import command
 
 from monitor.broker import free_port
+from monitor.cli import main
+from storage import AlertStore, make_engine
+from storage.crypto import generate_key, key_file_for
+from storage.migrate import alembic_config
 from tests.daemon_process import DaemonProcess
 
 SENTINEL = str(Path(sys.executable).with_name("sentinel"))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
     environ.update(env or {})
     return subprocess.run([SENTINEL, *args], capture_output=True, text=True, env=environ, timeout=120)
@@ -43,6 +48,64 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     result = run_cli("migrate", "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.db").exists()
+
+
+# ------------------------------------------------------------------------------ the configured secret key
+
+OLD_SECRET = "plain-text-secret-of-an-old-version"
+
+
+def _database_of_an_old_version(path: Path) -> str:
+    """A SQLite database at schema revision 0002, where webhook secrets were stored in plain text."""
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscriptions (name, url, secret, format, models, detectors, threats,"
+                " min_severity, source, created_at, updated_at) VALUES ('old', 'https://hooks.example/o',"
+                " :secret, 'native', '[]', '[]', '[]', 'info', 'config', '2026-11-28 10:00:00',"
+                " '2026-11-28 10:00:00')"
+            ),
+            {"secret": OLD_SECRET},
+        )
+    engine.dispose()
+    return url
+
+
+def _assert_sealed_with(url: str, key: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            [sealed] = conn.execute(sa.text("SELECT secret FROM subscriptions")).scalars()
+        assert sealed != OLD_SECRET
+        assert AlertStore(engine, secret_key=key).secret_box.open(sealed) == OLD_SECRET
+        key_file = key_file_for(engine)
+        assert key_file is not None and not key_file.exists()  # no second key was made up beside it
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("command_line", [["migrate"], ["replay", "EVENTS"]])
+def test_every_command_seals_secrets_with_the_configured_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command_line: list[str]
+) -> None:
+    # The daemon holds alerting.secret_key: a migration run by another command must seal with that same key,
+    # not with a key file it creates, or the daemon could never sign with the subscription's secret.
+    for name in [name for name in os.environ if name.startswith("SENTINEL_")]:
+        monkeypatch.delenv(name)
+    key = generate_key()
+    url = _database_of_an_old_version(tmp_path / "old.db")
+    config = tmp_path / "sentinel.yaml"
+    config.write_text(f"database_url: {url}\nalerting:\n  secret_key: {key}\n")
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    argv = [str(events) if part == "EVENTS" else part for part in command_line]
+    assert main([*argv, "--config", str(config)]) == 0
+    _assert_sealed_with(url, key)
 
 
 @pytest.mark.slow
