@@ -308,15 +308,14 @@ def goals(rows: list[Row], clean_windows: int) -> None:
 def budget(ds: Dataset, windows: int, n: int = 200) -> None:
     """Alerts on a clean stream with the monitor's default alarm budget, through the monitor's own rule."""
     from monitor.config import DEFAULT_DETECTORS, AppConfig
-    from monitor.pipeline import ModelPhase, ModelRuntime, Pipeline
+    from monitor.evaluation import PersistenceHistory
 
     config = AppConfig()
     settings = config.defaults
     enabled = [d for d in DEFAULT_DETECTORS if d in DETECTORS]
     reference = batch(ds, ds.ref_x, ds.ref_y, "ref-")
     detectors = {d: create_detector(d, settings.detector_params(d)).fit(reference) for d in enabled}
-    runtime = ModelRuntime(name=ds.name, settings=settings, phase=ModelPhase.READY)
-    judge = Pipeline.__new__(Pipeline)  # only the persistence rule is used; it needs no store
+    persistence = PersistenceHistory.for_model(settings)
     rng = np.random.default_rng(7)
     raw = alerts = 0
     for w in range(windows):
@@ -324,7 +323,7 @@ def budget(ds: Dataset, windows: int, n: int = 200) -> None:
         for detector in detectors.values():
             result = detector.evaluate(window)
             raw += alerted(result)
-            alerts += alerted(judge._persist(runtime, result))
+            alerts += alerted(persistence.judge(result))
     print(
         f"\nalarm budget, {ds.name}: {len(enabled)} detectors, alpha {settings.significance}/{len(enabled)}, "
         f"persistence {settings.persistence.k} of {settings.persistence.n}, {windows} clean windows of {n}: "

@@ -80,15 +80,17 @@ def copy_fitted_state(pipeline: Pipeline, source: str, targets: list[str]) -> No
     """Store ``source``'s fitted detector states under each target model's own reference."""
     store = pipeline.store
     fitted = pipeline._models[source]
-    assert fitted.reference_id is not None
+    assert fitted.reference.stored_id is not None
     for target in targets:
         runtime = pipeline._models[target]
-        assert runtime.reference_id is not None
+        assert runtime.reference.stored_id is not None
         for detector_id in runtime.settings.enabled_detectors:
             params_hash = runtime.settings.params_hash(detector_id)
-            state = store.load_detector_state(source, detector_id, fitted.reference_id, params_hash)
+            state = store.load_detector_state(source, detector_id, fitted.reference.stored_id, params_hash)
             if state is not None:
-                store.save_detector_state(target, detector_id, runtime.reference_id, params_hash, state)
+                store.save_detector_state(
+                    target, detector_id, runtime.reference.stored_id, params_hash, state
+                )
 
 
 def traffic(

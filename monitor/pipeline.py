@@ -1,59 +1,48 @@
 """The data path of the daemon: message -> event -> window -> detectors -> stored window result.
 
 :class:`Pipeline` is fed by one intake thread (:meth:`ingest`, :meth:`flush`) and driven by the scheduler
-(:meth:`fit_pending`, :meth:`close_due`). It never commits Kafka offsets itself; it tells the consumer,
-through
-:meth:`safe_offsets`, how far each partition may be committed: below the first message whose effect is not
-yet stored (a window still open or being stored, a reference not yet saved, a dead letter not yet written).
+(:meth:`fit_pending`, :meth:`close_due`). It routes each message to its model's
+:class:`~monitor.runtime.ModelRuntime` (which windows it, through :mod:`monitor.windows`), has closed windows
+evaluated (:mod:`monitor.evaluation`) and stores them; it holds the lock and does every store call.
+
+It never commits Kafka offsets itself; it tells the consumer, through :meth:`safe_offsets`, how far each
+partition may be committed: below the first message whose effect is not yet stored (a window still open or
+being stored, a reference not yet saved, a dead letter not yet written).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from detectors.base import Batch, DetectionResult, Detector, Status
-from detectors.encoding import FeatureSchema
-from detectors.registry import DETECTORS, create_detector
+from detectors.base import Batch, DetectionResult, Detector
+from detectors.registry import create_detector
 from detectors.state import dump_state, load_state
-from monitor.config import AppConfig, ModelSettings
+from monitor.clock import EpochClock
+from monitor.config import AppConfig
 from monitor.errors import IntakeError
+from monitor.evaluation import (
+    FittedDetectors,
+    evaluate_window,
+    label_batch,
+    reevaluate_labels,
+    result_row,
+    window_record,
+)
 from monitor.heap import release_free_memory
 from monitor.intake.parsing import FeedbackEvent, PredictionEvent, parse_message
 from monitor.intake.reference import content_hash, decode_events, encode_events, read_reference_file, to_batch
 from monitor.metrics import Histogram, LabelledCounter
-from monitor.windows import OffsetFloor, Position, TopicPartition, Window, window_start
-from storage import (
-    AnomalyRow,
-    DeadLetterIn,
-    DetectorStateRow,
-    EventRow,
-    ResultRow,
-    StorageUnavailable,
-    Store,
-    StoredWindow,
-    WindowRecord,
-)
+from monitor.runtime import Admission, ModelPhase, ModelRuntime
+from monitor.windows import OffsetFloor, Position, TopicPartition, Window
+from storage import DeadLetterIn, StorageUnavailable, Store, StoredWindow
 
 log = logging.getLogger("sentinel.pipeline")
-
-Clock = Callable[[], float]
-
-# Detectors that need only predictions and labels: re-evaluated on a stored window when late labels arrive.
-LABEL_DETECTORS = ("performance", "label_drift")
-
-
-class ModelPhase(enum.StrEnum):
-    WARMING_UP = "warming_up"  # collecting the reference from the stream
-    FITTING = "fitting"  # reference known, detectors not fitted yet
-    READY = "ready"
 
 
 @dataclass(frozen=True)
@@ -74,41 +63,6 @@ class ClosedWindow:
 
 
 @dataclass
-class ModelRuntime:
-    """Everything the pipeline holds for one model."""
-
-    name: str
-    settings: ModelSettings
-    phase: ModelPhase
-    windows: dict[float, Window] = field(default_factory=dict)
-    closing: list[Window] = field(default_factory=list)
-    closed_until: float | None = None  # end of the newest window closed; earlier events are late
-    # Event-time progress: the newest event time per partition, and their minimum. One model's events may
-    # come from several partitions read at different speeds; the slowest one says how far event time has
-    # surely got, so a fast partition cannot close a window whose events are still coming on another.
-    partition_marks: dict[TopicPartition, float] = field(default_factory=dict)
-    watermark: float = float("-inf")
-    warmup: list[PredictionEvent] = field(default_factory=list)
-    warmup_ids: set[str] = field(default_factory=set)
-    warmup_offsets: OffsetFloor = field(default_factory=OffsetFloor)
-    reference_ids: frozenset[str] = frozenset()
-    reference_id: int | None = None
-    reference_events: list[PredictionEvent] = field(default_factory=list)  # dropped once fitted
-    reference_count: int = 0
-    schema: FeatureSchema | None = None
-    detectors: dict[str, Detector] = field(default_factory=dict)
-    fit_errors: dict[str, str] = field(default_factory=dict)
-    # Per detector, whether each of its last n tested windows failed (for the persistence rule).
-    history: dict[str, deque[bool]] = field(default_factory=dict)
-    duplicates: int = 0
-    # Set on a rebalance: another replica may have stored windows of this model meanwhile, so the learned
-    # state of stateful detectors and the persistence history are re-read from the store before the next
-    # window is evaluated.
-    stale: bool = False
-    spread_warned: bool = False  # logged once that the model's events come from several partitions
-
-
-@dataclass
 class _PendingWrite:
     position: Position | None
     dead_letter: DeadLetterIn | None = None
@@ -123,7 +77,7 @@ class Pipeline:
         config: AppConfig,
         store: Store,
         *,
-        clock: Clock = time.time,
+        clock: EpochClock = time.time,
         live: bool = True,
         on_window: Callable[[ClosedWindow], None] | None = None,
     ) -> None:
@@ -171,86 +125,22 @@ class Pipeline:
             self._next_offset[position.tp] = max(current, position.offset + 1)
 
     def _take_prediction(self, runtime: ModelRuntime, event: PredictionEvent, position: Position) -> None:
-        settings = runtime.settings
-        if self.live and event.timestamp > self.clock() + settings.max_future_skew:
-            raise IntakeError(
-                f"timestamp {datetime.fromtimestamp(event.timestamp, UTC).isoformat()} is more than "
-                f"{settings.max_future_skew:.0f} s in the future",
-                event.model,
-            )
-        if runtime.schema is not None:
-            problem = runtime.schema.validate(event.features)
-            if problem is not None:
-                raise IntakeError(
-                    f"features do not match the reference schema of {event.model!r}: {problem}", event.model
-                )
+        runtime.check(event, now=self.clock() if self.live else None)
         with self._lock:
-            if event.event_id in runtime.reference_ids or event.event_id in runtime.warmup_ids:
-                self._count_duplicate(runtime)
-                if event.event_id in runtime.warmup_ids:
-                    runtime.warmup_offsets.note(position)
+            admission = runtime.admit(event, position)
+            if admission is Admission.DUPLICATE:
+                self.counters["duplicates"] += 1
                 return
-            for window in (*runtime.windows.values(), *runtime.closing):
-                if event.event_id in window:
-                    window.offsets.note(position)
-                    self._count_duplicate(runtime)
-                    return
-            if runtime.phase is ModelPhase.WARMING_UP:
-                self._collect_reference(runtime, event, position)
-                return
-            length = settings.window
-            start = window_start(event.timestamp, length)
-            late = runtime.closed_until is not None and start < runtime.closed_until
-            if late:
-                # Its window is closed: the event goes into the window that is still open, counted as late.
-                assert runtime.closed_until is not None
-                start = window_start(runtime.closed_until, length)
+            if admission is Admission.LATE:
                 self.counters["late"] += 1
-            target = runtime.windows.get(start)
-            if target is None:
-                target = runtime.windows[start] = Window(
-                    event.model, start, start + length, settings.max_window_sample
-                )
-            target.add(event, late=late, position=position)
-            new_partition = position.tp not in runtime.partition_marks
-            if new_partition and runtime.partition_marks and not runtime.spread_warned:
-                # One replica handles this fine; with several, two replicas would each store part of the same
-                # window (counts stay exact, but each evaluates only its share). Say so once.
-                runtime.spread_warned = True
-                log.warning(
-                    "model %s: events arrive on more than one partition (%s); with several replicas, key "
-                    "events by model id so that one replica owns each model's windows",
-                    runtime.name,
-                    ", ".join(f"{topic}[{part}]" for topic, part in (*runtime.partition_marks, position.tp)),
-                )
-            mark = runtime.partition_marks.get(position.tp, float("-inf"))
-            if event.timestamp > mark:
-                runtime.partition_marks[position.tp] = event.timestamp
-                runtime.watermark = min(runtime.partition_marks.values())
             self.counters["accepted"] += 1
             self.events_by_model.inc(runtime.name, "accepted")
 
-    def _collect_reference(self, runtime: ModelRuntime, event: PredictionEvent, position: Position) -> None:
-        runtime.warmup.append(event)
-        runtime.warmup_ids.add(event.event_id)
-        runtime.warmup_offsets.note(position)
-        self.counters["accepted"] += 1
-        self.events_by_model.inc(runtime.name, "accepted")
-        if len(runtime.warmup) >= runtime.settings.reference.warmup_events:
-            runtime.reference_events = runtime.warmup
-            runtime.schema = FeatureSchema.fit([e.features for e in runtime.warmup])
-            runtime.phase = ModelPhase.FITTING
-            log.info(
-                "model %s: reference of %d events captured from the stream", runtime.name, len(runtime.warmup)
-            )
-
     def _take_feedback(self, runtime: ModelRuntime, event: FeedbackEvent, position: Position) -> None:
         with self._lock:
-            for window in runtime.windows.values():
-                if window.set_label(event.event_id, event.label, position):
-                    return
-            # Not in an open window: stored already, or not seen yet. The store sorts it out.
-            self._pending.append(_PendingWrite(position, feedback=event))
+            if not runtime.windows.attach_label(event.event_id, event.label, position):
+                # Not in an open window: stored already, or not seen yet. The store sorts it out.
+                self._pending.append(_PendingWrite(position, feedback=event))
 
     def _dead_letter(self, message: RawMessage, reason: str, model: str | None) -> None:
         row = DeadLetterIn(
@@ -274,10 +164,6 @@ class Pipeline:
             message.position.offset,
             reason,
         )
-
-    def _count_duplicate(self, runtime: ModelRuntime) -> None:
-        runtime.duplicates += 1
-        self.counters["duplicates"] += 1
 
     def flush(self) -> None:
         """Write queued dead letters and feedback labels. Raises StorageUnavailable; nothing is lost then,
@@ -308,23 +194,13 @@ class Pipeline:
         runtime = self._models.get(model)
         if runtime is None or runtime.phase is not ModelPhase.READY:
             return
-        detectors = [runtime.detectors[d] for d in LABEL_DETECTORS if d in runtime.detectors]
+        detectors = runtime.fitted.label_detectors()
         if not detectors:
             return
-        pairs = self.store.window_label_pairs(window_id)
-        batch = Batch(
-            event_ids=[event_id for event_id, _, _ in pairs],
-            features=[{} for _ in pairs],
-            predictions=[{"label": predicted} if predicted is not None else {} for _, predicted, _ in pairs],
-            labels=[label for _, _, label in pairs],
-        )
+        batch = label_batch(self.store.window_label_pairs(window_id))
         for detector in detectors:
-            try:
-                result = detector.evaluate(batch)
-            except Exception as exc:  # a detector bug must not stop intake
-                log.exception("model %s: re-evaluating %s of window %d failed", model, detector.id, window_id)
-                result = detector.skipped(len(batch), f"detector failed: {type(exc).__name__}: {exc}")
-            self.store.update_result(window_id, _result_row(result))
+            result = reevaluate_labels(model, window_id, detector, batch)
+            self.store.update_result(window_id, result_row(result))
             log.info(
                 "model %s: window %d %s re-evaluated after late labels: %s",
                 model,
@@ -337,10 +213,7 @@ class Pipeline:
     def backlog(self) -> int:
         """Messages whose effect waits for the database: the consumer pauses when this grows."""
         with self._lock:
-            waiting = len(self._pending)
-            for runtime in self._models.values():
-                waiting += sum(w.n_events for w in runtime.closing)
-            return waiting
+            return len(self._pending) + sum(runtime.closing_events for runtime in self._models.values())
 
     def read_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last message taken (stored or not): for the consumer lag."""
@@ -351,12 +224,7 @@ class Pipeline:
         """Per partition, the offset the consumer may commit: every message below it is stored."""
         with self._lock:
             safe = dict(self._next_offset)
-            floors: list[OffsetFloor] = []
-            for runtime in self._models.values():
-                floors.extend(w.offsets for w in runtime.windows.values())
-                floors.extend(w.offsets for w in runtime.closing)
-                if runtime.phase is not ModelPhase.READY or runtime.reference_id is None:
-                    floors.append(runtime.warmup_offsets)
+            floors = [floor for runtime in self._models.values() for floor in runtime.offset_floors()]
             pending = OffsetFloor()
             for item in self._pending:
                 pending.note(item.position)
@@ -373,18 +241,7 @@ class Pipeline:
         Windows being stored right now are kept; what they hold is deduplicated when re-read."""
         with self._lock:
             for runtime in self._models.values():
-                runtime.windows.clear()
-                runtime.stale = runtime.phase is ModelPhase.READY
-                # Partitions we gave up would hold event time back for good; the re-read rebuilds the marks.
-                runtime.partition_marks.clear()
-                if runtime.reference_id is None:
-                    runtime.warmup.clear()
-                    runtime.warmup_ids.clear()
-                    runtime.warmup_offsets = OffsetFloor()
-                    if runtime.settings.reference.source == "warmup":
-                        runtime.phase = ModelPhase.WARMING_UP
-                        runtime.reference_events = []
-                        runtime.schema = None
+                runtime.forget_uncommitted()
             self._pending.clear()
             self._next_offset.clear()
 
@@ -408,27 +265,26 @@ class Pipeline:
     def _load_runtime(self, model: str) -> ModelRuntime:
         settings = self.config.model_settings(model)
         self.store.ensure_model(model)
-        runtime = ModelRuntime(name=model, settings=settings, phase=ModelPhase.WARMING_UP)
+        runtime = ModelRuntime(name=model, settings=settings)
         closed = self.store.closed_until(model)
         if closed is not None:
-            runtime.closed_until = closed.timestamp()
+            runtime.windows.closed_until = closed.timestamp()
+        reference = runtime.reference
         if settings.reference.source == "file":
             assert settings.reference.path is not None
             events, file_hash = read_reference_file(settings.reference.path, model)
             payload = encode_events(events)
-            runtime.reference_id = self.store.save_reference(model, "file", file_hash, payload, len(events))
-            runtime.reference_events = events
+            reference.stored_id = self.store.save_reference(model, "file", file_hash, payload, len(events))
+            reference.use(events)
         else:
             stored = self.store.latest_reference(model)
             if stored is not None:
-                runtime.reference_id = stored.id
-                runtime.reference_events = decode_events(stored.payload)
+                reference.stored_id = stored.id
+                reference.use(decode_events(stored.payload))
                 # After a restart the stream may deliver the warm-up events again: they are not window events.
-                runtime.reference_ids = frozenset(e.event_id for e in runtime.reference_events)
+                reference.known_ids = frozenset(e.event_id for e in reference.events)
         self._load_history(runtime)
-        if runtime.reference_events:
-            runtime.schema = FeatureSchema.fit([e.features for e in runtime.reference_events])
-            runtime.phase = ModelPhase.FITTING
+        runtime.reference_loaded()
         log.info(
             "model %s: loaded (%s, closed until %s)",
             model,
@@ -439,18 +295,19 @@ class Pipeline:
 
     def _resync(self, runtime: ModelRuntime) -> None:
         """Re-read what another replica may have advanced while it owned this model's partitions."""
-        assert runtime.reference_id is not None
-        for detector_id, detector in runtime.detectors.items():
-            if not detector.stateful:
-                continue
+        assert runtime.reference.stored_id is not None
+        for detector_id, detector in runtime.fitted.stateful().items():
             saved = self.store.load_detector_state(
-                runtime.name, detector_id, runtime.reference_id, runtime.settings.params_hash(detector_id)
+                runtime.name,
+                detector_id,
+                runtime.reference.stored_id,
+                runtime.settings.params_hash(detector_id),
             )
             if saved is not None:
                 detector.load_state_dict(load_state(saved))
         runtime.history.clear()
         self._load_history(runtime)
-        runtime.stale = False
+        runtime.fitted.stale = False
 
     def _load_history(self, runtime: ModelRuntime) -> None:
         """Rebuild the persistence history from the stored results, so a restart keeps counting."""
@@ -458,13 +315,10 @@ class Pipeline:
         if n <= 1:
             return
         limit = n * max(1, len(runtime.settings.detectors))
-        for row in sorted(
-            self.store.window_results(model=runtime.name, limit=limit), key=lambda r: r.window_start
-        ):
-            if row.status == "skipped":
-                continue
-            raw = row.evidence.get("raw_status", row.status) if isinstance(row.evidence, dict) else row.status
-            runtime.history.setdefault(row.detector, deque(maxlen=n)).append(raw == "alert")
+        rows = self.store.window_results(model=runtime.name, limit=limit)
+        runtime.history.replay(
+            (row.detector, row.status, row.evidence) for row in sorted(rows, key=lambda r: r.window_start)
+        )
 
     def fit_pending(self) -> None:
         """Fit (or load the stored fit of) every model whose reference is known and detectors are not."""
@@ -477,56 +331,59 @@ class Pipeline:
 
     def _fit(self, runtime: ModelRuntime) -> None:
         settings = runtime.settings
-        if runtime.reference_id is None:
-            payload = encode_events(runtime.reference_events)
-            runtime.reference_id = self.store.save_reference(
-                runtime.name, "warmup", content_hash(payload), payload, len(runtime.reference_events)
+        reference = runtime.reference
+        if reference.stored_id is None:
+            payload = encode_events(reference.events)
+            reference.stored_id = self.store.save_reference(
+                runtime.name, "warmup", content_hash(payload), payload, len(reference.events)
             )
-        batch = to_batch(runtime.reference_events)
-        detectors: dict[str, Detector] = {}
-        errors: dict[str, str] = {}
+        batch = to_batch(reference.events)
+        fitted = FittedDetectors()
         for detector_id in settings.enabled_detectors:
             params_hash = settings.params_hash(detector_id)
             saved = self.store.load_detector_state(
-                runtime.name, detector_id, runtime.reference_id, params_hash
+                runtime.name, detector_id, reference.stored_id, params_hash
             )
             detector = create_detector(detector_id, settings.detector_params(detector_id))
             if saved is not None:
                 detector.load_state_dict(load_state(saved))
                 log.info("model %s: %s restored from stored state", runtime.name, detector_id)
             else:
-                started = time.perf_counter()
-                try:
-                    detector.fit(batch)
-                except (ValueError, RuntimeError) as exc:
-                    errors[detector_id] = f"cannot fit on the reference: {exc}"
-                    log.error("model %s: %s %s", runtime.name, detector_id, errors[detector_id])
+                error = self._fit_detector(runtime, detector_id, detector, batch)
+                if error is not None:
+                    fitted.errors[detector_id] = error
                     continue
-                self.store.save_detector_state(
-                    runtime.name,
-                    detector_id,
-                    runtime.reference_id,
-                    params_hash,
-                    dump_state(detector.state_dict()),
-                )
-                log.info(
-                    "model %s: %s fitted on %d reference events in %.1f s",
-                    runtime.name,
-                    detector_id,
-                    len(batch),
-                    time.perf_counter() - started,
-                )
-            detectors[detector_id] = detector
+            fitted.detectors[detector_id] = detector
         with self._lock:
-            runtime.detectors = detectors
-            runtime.fit_errors = errors
-            runtime.phase = ModelPhase.READY
-            runtime.reference_ids = runtime.reference_ids | runtime.warmup_ids
-            # The fitted state is what evaluation needs; the events (megabytes per model) are stored.
-            runtime.reference_count = len(runtime.reference_events)
-            runtime.reference_events = []
-            runtime.warmup = []
-            runtime.warmup_offsets = OffsetFloor()
+            runtime.ready(fitted)
+
+    def _fit_detector(
+        self, runtime: ModelRuntime, detector_id: str, detector: Detector, batch: Batch
+    ) -> str | None:
+        """Fit one detector on the reference and store its state; why it cannot be fitted, if it cannot."""
+        assert runtime.reference.stored_id is not None
+        started = time.perf_counter()
+        try:
+            detector.fit(batch)
+        except (ValueError, RuntimeError) as exc:
+            error = f"cannot fit on the reference: {exc}"
+            log.error("model %s: %s %s", runtime.name, detector_id, error)
+            return error
+        self.store.save_detector_state(
+            runtime.name,
+            detector_id,
+            runtime.reference.stored_id,
+            runtime.settings.params_hash(detector_id),
+            dump_state(detector.state_dict()),
+        )
+        log.info(
+            "model %s: %s fitted on %d reference events in %.1f s",
+            runtime.name,
+            detector_id,
+            len(batch),
+            time.perf_counter() - started,
+        )
+        return None
 
     # ----------------------------------------------------------------------- closing (the scheduler)
 
@@ -538,24 +395,16 @@ class Pipeline:
         the database is away; the windows stay queued and are stored on a later call.
         """
         now = self.clock()
+        wall_clock = now if self.live and self.config.close_on_wall_clock else None
         with self._lock:
             for runtime in self._models.values():
-                if runtime.phase is not ModelPhase.READY:
-                    continue
-                lateness = runtime.settings.allowed_lateness
-                horizon = (
-                    max(runtime.watermark, now)
-                    if self.live and self.config.close_on_wall_clock
-                    else runtime.watermark
-                )
-                for start in sorted(runtime.windows):
-                    window = runtime.windows[start]
-                    if not final and window.end + lateness > horizon:
-                        break
-                    del runtime.windows[start]
-                    runtime.closing.append(window)
-                    runtime.closed_until = max(runtime.closed_until or window.end, window.end)
-            queue = [(runtime, window) for runtime in self._models.values() for window in runtime.closing]
+                if runtime.phase is ModelPhase.READY:
+                    runtime.windows.close_due(
+                        now=wall_clock, lateness=runtime.settings.allowed_lateness, final=final
+                    )
+            queue = [
+                (runtime, window) for runtime in self._models.values() for window in runtime.windows.closing
+            ]
         closed = []
         for runtime, window in queue:
             outcome = self._store_window(runtime, window)
@@ -572,55 +421,35 @@ class Pipeline:
             window.discard(known)
             if window.n_events == 0:
                 # Everything in it was stored before (redelivered after a restart): nothing new to say.
-                runtime.closing.remove(window)
+                runtime.windows.release(window)
                 return None
         started = time.perf_counter()
-        if runtime.stale:
+        if runtime.fitted.stale:
             self._resync(runtime)
-        stateful = {d: det for d, det in runtime.detectors.items() if det.stateful}
-        # Serialised, not referenced: a detector may update its arrays in place while evaluating.
-        before = {d: dump_state(det.state_dict()) for d, det in stateful.items()}
-        results = self._evaluate(runtime, window)
-        assert runtime.reference_id is not None
-        record = WindowRecord(
-            model=runtime.name,
-            start=_utc(window.start),
-            end=_utc(window.end),
-            n_late=window.n_late,
-            events=[
-                EventRow(
-                    event_id=event_id, event_time=_utc(t), client_id=client, predicted=predicted, label=label
-                )
-                for event_id, t, client, predicted, label in zip(
-                    window.event_ids,
-                    window.times,
-                    window.clients,
-                    window.predicted,
-                    window.labels,
-                    strict=True,
-                )
-            ],
-            results=[_result_row(result) for result in results],
-            anomalies=self._anomalies(runtime, window, results),
-            closed_at=_utc(self.clock()),
-            detector_states=[
-                DetectorStateRow(
-                    d, runtime.reference_id, runtime.settings.params_hash(d), dump_state(det.state_dict())
-                )
-                for d, det in stateful.items()
-            ],
+        before = runtime.fitted.snapshot()
+        results = evaluate_window(
+            runtime.name, window, runtime.settings, runtime.fitted, runtime.history, self.detector_seconds
+        )
+        assert runtime.reference.stored_id is not None
+        record = window_record(
+            runtime.name,
+            window,
+            results,
+            settings=runtime.settings,
+            fitted=runtime.fitted,
+            reference_id=runtime.reference.stored_id,
+            closed_at=self.clock(),
         )
         try:
             stored = self.store.store_window(record)
         except StorageUnavailable:
             # The window is evaluated again when the database is back: its events must not enter the
             # stateful detectors' histories twice.
-            for d, det in stateful.items():
-                det.load_state_dict(load_state(before[d]))
+            runtime.fitted.restore(before)
             raise
         self.window_seconds.observe(time.perf_counter() - started, runtime.name)
         with self._lock:
-            runtime.closing.remove(window)
+            runtime.windows.release(window)
         outcome = ClosedWindow(stored, tuple(results))
         log.info(
             "window %s [%s, %s) stored: %d events (%d late) %s",
@@ -635,121 +464,14 @@ class Pipeline:
             self.on_window(outcome)
         return outcome
 
-    def _evaluate(self, runtime: ModelRuntime, window: Window) -> list[DetectionResult]:
-        settings = runtime.settings
-        n = window.n_events
-        results: list[DetectionResult] = []
-        sample = window.sampled_events()
-        batch = to_batch([event for _, event in sample], [window.labels[slot] for slot, _ in sample])
-        for detector_id in settings.enabled_detectors:
-            detector = runtime.detectors.get(detector_id)
-            threat = DETECTORS[detector_id].threat
-            if detector is None:
-                reason = runtime.fit_errors.get(detector_id, "detector not fitted")
-                results.append(DetectionResult(detector_id, threat, Status.SKIPPED, n, reason=reason))
-                continue
-            if n < settings.min_events:
-                results.append(detector.skipped(n, f"too few events: {n} < min_events {settings.min_events}"))
-                continue
-            started = time.perf_counter()
-            try:
-                result = detector.evaluate(batch)
-            except Exception as exc:  # a detector bug must not stop the other detectors or the daemon
-                log.exception("model %s: %s failed on window %s", runtime.name, detector_id, window.start)
-                result = detector.skipped(n, f"detector failed: {type(exc).__name__}: {exc}")
-            elapsed = time.perf_counter() - started
-            self.detector_seconds.observe(elapsed, detector_id)
-            log.debug("model %s: %s took %.3f s", runtime.name, detector_id, elapsed)
-            results.append(self._persist(runtime, result))
-        return results
-
-    def _persist(self, runtime: ModelRuntime, result: DetectionResult) -> DetectionResult:
-        """Apply the persistence rule: a failing test alerts when k of the detector's last n tested
-        windows failed, or at once when its p-value is below ``immediate_p``. The raw outcome stays in
-        the evidence."""
-        if result.status is Status.SKIPPED:
-            return result
-        settings = runtime.settings
-        failed = result.status is Status.ALERT
-        history = runtime.history.setdefault(result.detector, deque(maxlen=settings.persistence.n))
-        history.append(failed)
-        if not failed:
-            return result
-        strong = result.p_value is not None and result.p_value < settings.immediate_p
-        if strong or sum(history) >= settings.persistence.k:
-            return replace(result, evidence={**result.evidence, "raw_status": "alert"})
-        note = (
-            f"{sum(history)} of the last {len(history)} windows failed; alerts at "
-            f"{settings.persistence.k} of {settings.persistence.n}"
-        )
-        return replace(
-            result, status=Status.OK, evidence={**result.evidence, "raw_status": "alert", "persistence": note}
-        )
-
-    def _anomalies(
-        self, runtime: ModelRuntime, window: Window, results: Sequence[DetectionResult]
-    ) -> list[AnomalyRow]:
-        top = runtime.settings.top_anomalies
-        if top == 0:
-            return []
-        by_id = {event.event_id: event for _, event in window.sample}
-        rows = []
-        for result in results:
-            for scored in result.event_scores[:top]:
-                event = by_id.get(scored.event_id)
-                if event is None:
-                    continue
-                rows.append(
-                    AnomalyRow(
-                        detector=result.detector,
-                        event_id=scored.event_id,
-                        score=scored.score,
-                        event_time=_utc(event.timestamp),
-                        client_id=event.client_id,
-                        features=dict(event.features),
-                    )
-                )
-        return rows
-
     # ------------------------------------------------------------------------------------ status
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per model: phase, open windows, events waiting; for logs, the API and the demo."""
         with self._lock:
-            return {
-                name: {
-                    "phase": runtime.phase.value,
-                    "open_windows": len(runtime.windows),
-                    "closing_windows": len(runtime.closing),
-                    "open_events": sum(w.n_events for w in runtime.windows.values()),
-                    "reference_events": runtime.reference_count
-                    or len(runtime.reference_events)
-                    or len(runtime.warmup),
-                    "duplicates": runtime.duplicates,
-                    "fit_errors": dict(runtime.fit_errors),
-                }
-                for name, runtime in self._models.items()
-            }
+            return {name: runtime.status() for name, runtime in self._models.items()}
 
     @property
     def ready(self) -> bool:
         with self._lock:
             return all(r.phase is ModelPhase.READY for r in self._models.values())
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
-
-
-def _result_row(result: DetectionResult) -> ResultRow:
-    return ResultRow(
-        detector=result.detector,
-        threat=result.threat.value,
-        status=result.status.value,
-        n_events=result.n_events,
-        statistic=result.statistic,
-        threshold=result.threshold,
-        p_value=result.p_value,
-        evidence=dict(result.evidence),
-        reason=result.reason,
-    )

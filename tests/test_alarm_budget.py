@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from detectors.base import DetectionResult, Status, Threat
 from monitor.config import AppConfig, ModelSettings
-from monitor.pipeline import ModelPhase, ModelRuntime, Pipeline
-from storage import Store, make_engine, migrate
+from monitor.evaluation import PersistenceHistory
 from tests.helpers import only_detectors
 
 
@@ -50,14 +47,7 @@ def result(status: Status, p: float | None = 0.001) -> DetectionResult:
     return DetectionResult("vae_anomaly", Threat.ROBUSTNESS, status, 200, statistic=0.1, p_value=p)
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Pipeline:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    return Pipeline(AppConfig(), Store(engine), live=False)
-
-
-def runtime(k: int, n: int, immediate_p: float = 1e-6) -> ModelRuntime:
+def persistence(k: int, n: int, immediate_p: float = 1e-6) -> PersistenceHistory:
     settings = ModelSettings.model_validate(
         {
             "persistence": {"k": k, "n": n},
@@ -65,13 +55,13 @@ def runtime(k: int, n: int, immediate_p: float = 1e-6) -> ModelRuntime:
             "detectors": only_detectors(vae_anomaly={}),
         }
     )
-    return ModelRuntime(name="m", settings=settings, phase=ModelPhase.READY)
+    return PersistenceHistory.for_model(settings)
 
 
-def test_two_of_three_failing_windows_alert(pipeline: Pipeline) -> None:
-    state = runtime(2, 3)
+def test_two_of_three_failing_windows_alert() -> None:
+    state = persistence(2, 3)
     outcomes = [
-        pipeline._persist(state, result(s))
+        state.judge(result(s))
         for s in (Status.ALERT, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.ALERT)
     ]
     expected = [Status.OK, Status.OK, Status.ALERT, Status.OK, Status.OK, Status.OK]
@@ -81,16 +71,16 @@ def test_two_of_three_failing_windows_alert(pipeline: Pipeline) -> None:
     assert first.evidence["persistence"] == "1 of the last 1 windows failed; alerts at 2 of 3"
 
 
-def test_overwhelming_evidence_alerts_at_once(pipeline: Pipeline) -> None:
-    state = runtime(3, 3, immediate_p=1e-6)
-    assert pipeline._persist(state, result(Status.ALERT, p=1e-9)).status is Status.ALERT  # at once
-    assert pipeline._persist(state, result(Status.ALERT, p=1e-3)).status is Status.OK  # 2 of 3 so far
-    assert pipeline._persist(state, result(Status.ALERT, p=1e-3)).status is Status.ALERT  # 3 of 3
+def test_overwhelming_evidence_alerts_at_once() -> None:
+    state = persistence(3, 3, immediate_p=1e-6)
+    assert state.judge(result(Status.ALERT, p=1e-9)).status is Status.ALERT  # at once
+    assert state.judge(result(Status.ALERT, p=1e-3)).status is Status.OK  # 2 of 3 so far
+    assert state.judge(result(Status.ALERT, p=1e-3)).status is Status.ALERT  # 3 of 3
 
 
-def test_skipped_windows_do_not_count(pipeline: Pipeline) -> None:
-    state = runtime(2, 2)
-    pipeline._persist(state, result(Status.ALERT))
-    skipped = pipeline._persist(state, DetectionResult("vae_anomaly", Threat.ROBUSTNESS, Status.SKIPPED, 3))
+def test_skipped_windows_do_not_count() -> None:
+    state = persistence(2, 2)
+    state.judge(result(Status.ALERT))
+    skipped = state.judge(DetectionResult("vae_anomaly", Threat.ROBUSTNESS, Status.SKIPPED, 3))
     assert skipped.status is Status.SKIPPED
-    assert pipeline._persist(state, result(Status.ALERT)).status is Status.ALERT
+    assert state.judge(result(Status.ALERT)).status is Status.ALERT

@@ -95,7 +95,7 @@ def test_restart_reuses_the_fitted_state(tmp_path: Path, monkeypatch: pytest.Mon
     first = Pipeline(config, open_store(url), live=False)
     first.prepare()
     first.fit_pending()
-    threshold = first._models[MODEL].detectors["vae_anomaly"].state_dict()["score_threshold"]
+    threshold = first._models[MODEL].fitted.detectors["vae_anomaly"].state_dict()["score_threshold"]
 
     from detectors.anomaly.vae import VAEAnomalyDetector
 
@@ -106,7 +106,7 @@ def test_restart_reuses_the_fitted_state(tmp_path: Path, monkeypatch: pytest.Mon
     second = Pipeline(config, open_store(url), live=False)
     second.prepare()
     second.fit_pending()
-    assert second._models[MODEL].detectors["vae_anomaly"].state_dict()["score_threshold"] == threshold
+    assert second._models[MODEL].fitted.detectors["vae_anomaly"].state_dict()["score_threshold"] == threshold
 
 
 def test_bad_messages_are_dead_lettered_and_intake_goes_on(database_url: str, tmp_path: Path) -> None:

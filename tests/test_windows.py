@@ -1,11 +1,14 @@
-"""Windows: alignment, exact counts with a bounded sample, offset floors, discarding redelivered events."""
+"""Windows: alignment, exact counts with a bounded sample, offset floors, discarding redelivered events, and
+the assigner: duplicates, per-partition event time, lateness and which windows are due."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from monitor.intake.parsing import PredictionEvent
-from monitor.windows import OffsetFloor, Position, Window, window_start
+from monitor.windows import OffsetFloor, Position, Window, WindowAssigner, window_start
 
 
 def make_event(i: int, t: float = 1000.0) -> PredictionEvent:
@@ -78,3 +81,50 @@ def test_offset_floor_keeps_the_smallest() -> None:
         floor.note(Position("t", 0, offset))
     floor.note(None)
     assert floor.floors == {("t", 0): 3}
+
+
+def at(i: int, t: float) -> PredictionEvent:
+    """Event ``e{i}`` at time ``t`` exactly."""
+    return PredictionEvent(event_id=f"e{i}", model="m", timestamp=t, features={"x": 1.0}, prediction={})
+
+
+def test_the_slowest_partition_says_how_far_event_time_has_got(caplog: pytest.LogCaptureFixture) -> None:
+    assigner = WindowAssigner("m", 60.0, max_sample=10)
+    assigner.assign(at(0, 10.0), Position("t", 0, 0))
+    with caplog.at_level(logging.WARNING, logger="sentinel.pipeline"):
+        assigner.assign(at(1, 130.0), Position("t", 1, 0))
+        assigner.assign(at(2, 131.0), Position("t", 1, 1))
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "model m: events arrive on more than one partition (t[0], t[1])"
+    ]  # said once
+    assert assigner.watermark == 10.0
+    assigner.close_due(now=None, lateness=5.0)
+    assert assigner.closing == []  # partition 0 has shown nothing past the first window
+    assigner.assign(at(3, 70.0), Position("t", 0, 1))
+    assert assigner.watermark == 70.0
+    assigner.close_due(now=None, lateness=5.0)
+    assert [w.start for w in assigner.closing] == [0.0]
+    assert assigner.closed_until == 60.0
+    # The wall clock closes what event time has not.
+    assigner.close_due(now=200.0, lateness=5.0)
+    assert [w.start for w in assigner.closing] == [0.0, 60.0, 120.0]
+
+
+def test_late_events_go_to_the_open_window_and_duplicates_hold_their_offset() -> None:
+    assigner = WindowAssigner("m", 60.0, max_sample=10)
+    assigner.assign(at(0, 10.0), Position("t", 0, 0))
+    assigner.assign(at(1, 70.0), Position("t", 0, 1))
+    assigner.close_due(now=None, lateness=0.0)
+    assert assigner.assign(at(2, 20.0), Position("t", 0, 2))  # late: its window is closed
+    [open_window] = assigner.open.values()
+    assert open_window.start == 60.0 and open_window.n_late == 1
+    # A redelivered event of the closing window is a duplicate, and its offset waits for that window.
+    assert assigner.absorb_duplicate("e0", Position("t", 1, 3))
+    assert assigner.closing[0].offsets.floors[("t", 1)] == 3
+    assert not assigner.absorb_duplicate("e9", Position("t", 0, 4))
+    # Feedback labels attach to open windows only; the store labels the others.
+    assert assigner.attach_label("e1", "ok", None)
+    assert not assigner.attach_label("e0", "ok", None)
+    assigner.release(assigner.closing[0])
+    assigner.forget_open()
+    assert list(assigner) == [] and assigner.partition_marks == {}
