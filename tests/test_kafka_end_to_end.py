@@ -13,25 +13,26 @@ import pytest
 from monitor.broker import EmbeddedBroker, create_topic
 from storage import Store, make_engine, migrate
 from tests.daemon_process import DaemonProcess
-from tests.helpers import MODEL, T0, windowed_traffic, write_reference
+from tests.helpers import (
+    MODEL,
+    T0,
+    killed_if_left,
+    produce_events,
+    replay_settings,
+    wait_until,
+    windowed_traffic,
+    write_reference,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
 
 def daemon_config(broker: EmbeddedBroker, topic: str, database_url: str, reference: Path) -> dict[str, Any]:
-    return {
-        "database_url": database_url,
-        "tick_interval": "0.3s",
-        # Event time only: the test's events are in the past, so wall-clock closing would close windows early.
-        "close_on_wall_clock": False,
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "topic": topic,
-            "group_id": f"g-{topic}",
-            "retry_backoff_initial": "0.2s",
-            "retry_backoff_max": "2s",
-        },
-        "models": {
+    return replay_settings(
+        database_url,
+        broker.bootstrap_servers,
+        topic,
+        models={
             MODEL: {
                 "window": "60s",
                 "allowed_lateness": "20s",
@@ -40,18 +41,12 @@ def daemon_config(broker: EmbeddedBroker, topic: str, database_url: str, referen
                 "detectors": {"vae_anomaly": {"max_epochs": 80}},
             }
         },
-    }
+    )
 
 
 def produce(broker: EmbeddedBroker, topic: str, events: list[dict[str, Any]], partitions: int = 4) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-    for i, event in enumerate(events):
-        # Spread one model over every partition, the hard case for offsets and event-time order.
-        producer.send(topic, value=json.dumps(event).encode(), key=MODEL.encode(), partition=i % partitions)
-    producer.flush()
-    producer.close()
+    # Spread one model over every partition, the hard case for offsets and event-time order.
+    produce_events(broker.bootstrap_servers, topic, events, lambda i, _: i % partitions, linger_ms=5)
 
 
 def produce_raw(broker: EmbeddedBroker, topic: str, values: list[bytes], partition: int = 2) -> None:
@@ -70,15 +65,6 @@ def stored(database_url: str) -> Store:
     return Store(engine)
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_four_partitions_to_stored_window_results(
     broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:
@@ -86,7 +72,7 @@ def test_four_partitions_to_stored_window_results(
     create_topic(broker.bootstrap_servers, topic, 4)
     reference = write_reference(tmp_path / "reference.jsonl")
     daemon = DaemonProcess(daemon_config(broker, topic, database_url, reference), tmp_path).start()
-    try:
+    with killed_if_left(daemon):
         daemon.wait_for("assigned partitions", timeout=120)
         plan = [False, True, False]
         produced = 0
@@ -109,9 +95,6 @@ def test_four_partitions_to_stored_window_results(
             "three stored windows",
         )
         assert daemon.terminate() == 0
-    finally:
-        if daemon.process and daemon.process.poll() is None:
-            daemon.kill()
     results = sorted(store.window_results(model=MODEL, detector="vae_anomaly"), key=lambda r: r.window_start)
     assert [r.status for r in results[:3]] == ["ok", "alert", "ok"], daemon.log
     assert sum(r.n_events for r in results[:3]) == produced
@@ -152,7 +135,7 @@ def test_sigkill_mid_window_loses_nothing_and_stores_each_window_once(
     assert "stopped" not in first.log
 
     second = DaemonProcess(config, tmp_path).start()
-    try:
+    with killed_if_left(second):
         second.wait_for("assigned partitions", timeout=120)
         produce(broker, topic, windows[2][120:])
         time.sleep(0.5)
@@ -164,9 +147,6 @@ def test_sigkill_mid_window_loses_nothing_and_stores_each_window_once(
             "four stored windows",
         )
         assert second.terminate() == 0
-    finally:
-        if second.process and second.process.poll() is None:
-            second.kill()
     assert "restored from stored state" in second.log  # the restart did not refit
 
     results = sorted(store.window_results(model=MODEL, detector="vae_anomaly"), key=lambda r: r.window_start)
