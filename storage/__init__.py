@@ -11,22 +11,18 @@ Every :class:`Store` method is one transaction and raises :class:`StorageError` 
 imports ``monitor`` or ``detectors``.
 """
 
-from storage.alert_store import (
-    AlertState,
-    AlertStore,
-    AlertWork,
+from storage.alert_store import AlertStore, AlertWork
+from storage.alert_store.evaluation import AlertState, ResultEvent
+from storage.alert_store.outbox import (
     AttemptIn,
     AttemptRecord,
     DeliveryIn,
     DeliveryJob,
     DeliveryRecord,
     NotificationLogEntry,
-    ResultEvent,
-    SilenceIn,
-    SilenceRecord,
-    SubscriptionIn,
-    SubscriptionRecord,
 )
+from storage.alert_store.silences import SilenceIn, SilenceRecord
+from storage.alert_store.subscriptions import SubscriptionIn, SubscriptionRecord
 from storage.engine import make_engine
 from storage.errors import StorageError, StorageUnavailable, is_unavailable
 from storage.migrate import migrate

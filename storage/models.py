@@ -9,8 +9,8 @@ Conventions:
 * constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can refer to them
   by a name that is the same on both backends.
 
-Nothing here is imported by the monitor: :mod:`storage.store` converts rows to the plain records
-of :mod:`storage.records`.
+Nothing here is imported by the monitor: the stores turn rows into the plain records of
+:mod:`storage.records` (with :func:`storage.rows.record_from_row`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "AlertFields",
     "AlertRecord",
     "AnomalyRecord",
     "AnomalyRow",
@@ -20,6 +21,7 @@ __all__ = [
     "EventRow",
     "ReferenceRecord",
     "ResultRow",
+    "StoredResultFields",
     "StoredWindow",
     "WindowRecord",
     "WindowResultRecord",
@@ -37,6 +39,9 @@ def require_aware(value: datetime, name: str) -> None:
         raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (got naive {value.isoformat()})")
+
+
+AlertId = TypeVar("AlertId", bound=int | None)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -203,15 +208,15 @@ class ReferenceRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class WindowResultRecord:
-    """A stored detector result with its window's bounds."""
+class StoredResultFields:
+    """What every shape of a stored detector result holds: the verdict with its window's bounds."""
 
     id: int
     window_id: int
     model: str
     detector: str
     threat: str
-    status: str
+    status: str  # "ok" | "alert" | "skipped"
     statistic: float | None
     threshold: float | None
     p_value: float | None
@@ -220,6 +225,12 @@ class WindowResultRecord:
     reason: str | None
     window_start: datetime
     window_end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResultRecord(StoredResultFields):
+    """A stored detector result with its window's bounds (see :meth:`storage.Store.window_results`)."""
+
     created_at: datetime
     updated_at: datetime
 
@@ -240,10 +251,14 @@ class AnomalyRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AlertRecord:
-    """A stored alert in the contract's shape (see :meth:`storage.Store.alerts`)."""
+class AlertFields(Generic[AlertId]):
+    """What every shape of an alert holds: the alert as the API and the notifications show it.
 
-    id: int
+    Generic in the type of ``id`` only, because one shape (the alert engine's
+    :class:`storage.AlertState`) also holds alerts that are not stored yet (``id`` None).
+    """
+
+    id: AlertId
     fingerprint: str
     model: str
     detector: str
@@ -262,6 +277,11 @@ class AlertRecord:
     last_seen: datetime
     count: int
     resolved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord(AlertFields[int]):
+    """A stored alert (see :meth:`storage.AlertStore.list_alerts`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (datetimes left as datetimes)."""

@@ -54,6 +54,7 @@ from storage import (
 )
 from storage import models as orm
 from storage.migrate import alembic_config, current_revision, head_revision
+from tests.stored_state import alert_cursor, alert_states, unprocessed_results
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -338,7 +339,7 @@ def test_alert_opens_refreshes_and_resolves_after_consecutive_clean_windows(
         put(store, k, row(status))
         report = engine.run_once(now=at(k))
         assert report.processed == 1
-        [alert] = alerts.alert_states() or [None]  # type: ignore[list-item]
+        [alert] = alert_states(alerts) or [None]  # type: ignore[list-item]
         states.append(None if alert is None else (alert.state, alert.count, alert.clean_streak))
     assert states == [
         None,
@@ -363,7 +364,7 @@ def test_alert_opens_refreshes_and_resolves_after_consecutive_clean_windows(
         (f"subscription:{sub}", "firing", "warning"),
         (f"subscription:{sub}", "resolved", "warning"),
     ]
-    assert alerts.cursor() == alerts.backlog() + alerts.cursor() == len(plan)
+    assert alert_cursor(alerts) == unprocessed_results(alerts) + alert_cursor(alerts) == len(plan)
 
 
 def test_a_new_failure_after_resolution_opens_a_new_alert(db: tuple[Store, AlertStore]) -> None:
@@ -372,7 +373,7 @@ def test_a_new_failure_after_resolution_opens_a_new_alert(db: tuple[Store, Alert
     for k, status in enumerate(["alert", "ok", "alert"]):
         put(store, k, row(status))
         engine.run_once(now=at(k))
-    first, second = alerts.alert_states()
+    first, second = alert_states(alerts)
     assert first.fingerprint == second.fingerprint
     assert (first.state, second.state, second.count, second.first_seen) == ("resolved", "firing", 1, at(2))
 
@@ -418,7 +419,7 @@ def test_subjects_are_separate_alerts_and_another_subject_does_not_reset(
     put(store, 2, row("alert", subject="client-b"))  # neutral for client-a's alert
     put(store, 3, row("ok"))
     engine.run_once(now=at(3))
-    by_subject = {a.subject: a for a in alerts.alert_states()}
+    by_subject = {a.subject: a for a in alert_states(alerts)}
     assert by_subject["client-a"].state == "resolved"  # clean windows 1 and 3
     assert (by_subject["client-b"].state, by_subject["client-b"].clean_streak) == ("firing", 1)
     assert by_subject["client-a"].fingerprint != by_subject["client-b"].fingerprint
@@ -450,7 +451,7 @@ def test_one_alert_per_flagged_subject_each_resolving_on_its_own(db: tuple[Store
     engine = AlertEngine(alerts, AlertingSettings(resolve_after=2))
     put(store, 0, flagged("attacker-1", "attacker-2"))
     engine.run_once(now=at(0))
-    by_subject = {a.subject: a for a in alerts.alert_states()}
+    by_subject = {a.subject: a for a in alert_states(alerts)}
     assert set(by_subject) == {"attacker-1", "attacker-2"}
     first = by_subject["attacker-1"].public()
     # Each alert carries its own finding: the statistic, p-value and evidence of that client.
@@ -462,17 +463,17 @@ def test_one_alert_per_flagged_subject_each_resolving_on_its_own(db: tuple[Store
     put(store, 1, flagged("attacker-2"))
     put(store, 2, flagged("attacker-2"))
     engine.run_once(now=at(2))
-    by_subject = {a.subject: a for a in alerts.alert_states()}
+    by_subject = {a.subject: a for a in alert_states(alerts)}
     assert by_subject["attacker-1"].state == "resolved"
     assert (by_subject["attacker-2"].state, by_subject["attacker-2"].count) == ("firing", 3)
-    assert len(alerts.alert_states()) == 2  # refreshed, not reopened
+    assert len(alert_states(alerts)) == 2  # refreshed, not reopened
 
 
 def test_a_window_naming_many_subjects_opens_a_bounded_number_of_alerts(db: tuple[Store, AlertStore]) -> None:
     store, alerts = db
     put(store, 0, flagged(*[f"c{i}" for i in range(100)], detector="probing"))
     AlertEngine(alerts, AlertingSettings()).run_once(now=at(0))
-    states = alerts.alert_states()
+    states = alert_states(alerts)
     assert len(states) == MAX_SUBJECTS and {a.subject for a in states} == {
         f"c{i}" for i in range(MAX_SUBJECTS)
     }
@@ -485,28 +486,28 @@ def test_results_updated_after_late_labels_are_processed(db: tuple[Store, AlertS
     engine = AlertEngine(alerts, AlertingSettings(resolve_after=2))
     ids = [put(store, k, row("ok", detector="performance")) for k in range(3)]
     engine.run_once(now=at(2))
-    assert alerts.alert_states() == []
+    assert alert_states(alerts) == []
     # Labels arrive late for window 1: performance is re-evaluated in place and now fails.
     store.update_result(ids[1], row("alert", detector="performance", p=1e-4))
-    assert alerts.backlog() == 1
+    assert unprocessed_results(alerts) == 1
     engine.run_once(now=at(2) + HOUR)
-    [alert] = alerts.alert_states()
+    [alert] = alert_states(alerts)
     assert (alert.state, alert.count, alert.window_start) == ("firing", 1, T0 + MIN)
     # More labels for the same window: the same window re-evaluated, stronger. Not counted twice; escalates.
     store.update_result(ids[1], row("alert", detector="performance", p=1e-9))
     engine.run_once(now=at(2) + 2 * HOUR)
-    [alert] = alerts.alert_states()
+    [alert] = alert_states(alerts)
     assert (alert.count, alert.severity, alert.p_value) == (1, "critical", 1e-9)
     # Window 2 (clean, after the failing window 1) re-evaluated: counted once, and not again the second time.
     store.update_result(ids[2], row("ok", detector="performance"))
     engine.run_once(now=at(2) + 3 * HOUR)
-    assert alerts.alert_states()[0].clean_streak == 1
+    assert alert_states(alerts)[0].clean_streak == 1
     store.update_result(ids[2], row("ok", detector="performance", statistic=0.3))
     engine.run_once(now=at(2) + 3 * HOUR)
-    assert (alerts.alert_states()[0].clean_streak, alerts.alert_states()[0].state) == (1, "firing")
+    assert (alert_states(alerts)[0].clean_streak, alert_states(alerts)[0].state) == (1, "firing")
     put(store, 3, row("ok", detector="performance"))
     engine.run_once(now=at(3) + 3 * HOUR)
-    assert alerts.alert_states()[0].state == "resolved"
+    assert alert_states(alerts)[0].state == "resolved"
     assert [r for _, r, _ in deliveries(alerts)] == ["firing", "escalated", "resolved"]
 
 
@@ -531,13 +532,13 @@ def test_a_crash_inside_the_evaluation_leaves_nothing_and_the_retry_does_everyth
     monkeypatch.setattr(AlertWork, "add_delivery", crash_on_second)
     with pytest.raises(RuntimeError, match="killed"):
         engine.run_once(now=at(1))
-    assert (alerts.alert_states(), alerts.deliveries(), alerts.cursor()) == ([], [], 0)
+    assert (alert_states(alerts), alerts.deliveries(), alert_cursor(alerts)) == ([], [], 0)
 
     monkeypatch.setattr(AlertWork, "add_delivery", original)
     engine.run_once(now=at(1))
     engine.run_once(now=at(1) + MIN)  # nothing new: nothing repeated
-    assert sorted(a.subject for a in alerts.alert_states()) == ["", "client-x"]
-    assert len(alerts.deliveries()) == 2 and alerts.cursor() == 2
+    assert sorted(a.subject for a in alert_states(alerts)) == ["", "client-x"]
+    assert len(alerts.deliveries()) == 2 and alert_cursor(alerts) == 2
 
 
 def test_silenced_alerts_are_stored_but_notify_no_one_until_the_silence_ends(
@@ -553,7 +554,7 @@ def test_silenced_alerts_are_stored_but_notify_no_one_until_the_silence_ends(
     put(store, 0, row("alert"), row("alert", detector="probing"), model="other-model")
     put(store, 0, row("alert"))
     engine.run_once(now=at(0))
-    assert len(alerts.alert_states()) == 3
+    assert len(alert_states(alerts)) == 3
     # Only other-model's vae_anomaly alert is not matched by a silence.
     [only] = alerts.deliveries()
     assert alerts.alert(only.alert_id).model == "other-model"  # type: ignore[union-attr]
@@ -642,7 +643,7 @@ def test_results_stored_before_the_upgrade_are_not_alerted_and_the_schema_matche
             assert conn.execute(select(orm.WindowResult.revision)).scalars().all() == [0]
         store, alerts = Store(engine), AlertStore(engine)
         report = AlertEngine(alerts, AlertingSettings()).run_once(now=at(5))
-        assert (report.processed, alerts.alert_states()) == (0, [])
+        assert (report.processed, alert_states(alerts)) == (0, [])
         put(store, 1, row("alert"))
         assert AlertEngine(alerts, AlertingSettings()).run_once(now=at(5)).opened == 1
         with engine.begin() as conn:  # and back down
@@ -711,10 +712,10 @@ def test_concurrent_writers_and_engine_miss_and_repeat_nothing(db: tuple[Store, 
     evaluator.join(60)
     assert not errors, errors
     engine.run_once(now=at(0))
-    states = alerts.alert_states()
+    states = alert_states(alerts)
     # Each model's failing windows all counted, exactly once, into one alert.
     assert sorted((a.model, a.count) for a in states) == [(m, n_windows) for m in models]
-    assert alerts.backlog() == 0 and alerts.cursor() == len(models) * n_windows * 2
+    assert unprocessed_results(alerts) == 0 and alert_cursor(alerts) == len(models) * n_windows * 2
 
 
 @pytest.mark.postgres
@@ -732,7 +733,7 @@ def test_a_second_engine_skips_while_the_first_holds_the_cursor(postgres_url: st
             assert report.locked and time.monotonic() - started < 5  # skipped, did not wait
         assert first.run_once(now=at(0)).opened == 1
         assert first.run_once(now=at(0)).opened == 0
-        assert len(alerts.alert_states()) == 1
+        assert len(alert_states(alerts)) == 1
     finally:
         engine.dispose()
 
@@ -910,13 +911,13 @@ def test_a_resolved_episode_s_failing_window_re_evaluated_does_not_reopen_it(
         put(store, 1, row("ok", detector="performance")),
     ]
     engine.run_once(now=at(1))
-    [resolved] = alerts.alert_states()
+    [resolved] = alert_states(alerts)
     assert resolved.state == "resolved"
     store.update_result(ids[0], row("alert", detector="performance", p=1e-5))  # more late labels, same window
     engine.run_once(now=at(1) + HOUR)
-    assert len(alerts.alert_states()) == 1  # reported already: no second alert for the same window
+    assert len(alert_states(alerts)) == 1  # reported already: no second alert for the same window
     store.update_result(ids[1], row("alert", detector="performance"))  # a window newly found failing
     engine.run_once(now=at(1) + 2 * HOUR)
-    first, second = alerts.alert_states()
+    first, second = alert_states(alerts)
     assert first.id == resolved.id and first.state == "resolved"
     assert (second.state, second.window_start, second.count) == ("firing", T0 + MIN, 1)

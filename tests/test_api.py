@@ -41,6 +41,7 @@ from storage import (
     make_engine,
     migrate,
 )
+from tests.stored_state import alert_states
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -186,7 +187,7 @@ def test_alert_pages_lose_and_repeat_nothing_while_alerts_arrive(api: Api) -> No
         # Between page requests: a new alert, and a persisting condition updating an old alert (as the
         # engine does: last_seen and count), which moves it to the top of a last_seen ordering.
         add_alert(api.alerts, at=T0 + (100 + pages) * MIN)
-        [old] = [a for a in api.alerts.alert_states() if a.id == original[pages]]
+        [old] = [a for a in alert_states(api.alerts) if a.id == original[pages]]
         with api.alerts.evaluation(T0) as work:
             assert work is not None
             work.save_alert(replace(old, last_seen=T0 + (200 + pages) * MIN, count=old.count + 1))

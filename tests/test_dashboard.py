@@ -38,6 +38,7 @@ from monitor.cli import replay
 from storage import AlertStore, Store, make_engine, migrate
 from tests.conftest import service_unavailable
 from tests.helpers import MODEL, T0, make_config, to_jsonl, windowed_traffic, write_reference
+from tests.stored_state import alert_states
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +254,7 @@ def test_alerts_list_and_timeline_show_stored_alerts_and_a_click_shows_details(
     monitored: Monitored, page: Any
 ) -> None:
     stored = sorted(
-        (a for a in monitored.alerts.alert_states() if a.model == MODEL),
+        (a for a in alert_states(monitored.alerts) if a.model == MODEL),
         key=lambda a: a.id or 0,
         reverse=True,
     )
@@ -303,7 +304,7 @@ def test_hostile_dead_letters_are_shown_as_text_and_never_run(monitored: Monitor
 
 
 def test_a_new_alert_appears_live_without_reloading(monitored: Monitored, page: Any) -> None:
-    before = {a.id for a in monitored.alerts.alert_states()}
+    before = {a.id for a in alert_states(monitored.alerts)}
     with serving(monitored, page=page) as base:
         open_dashboard(page, base)
         page.wait_for_selector("#live-status.live-live")
@@ -312,7 +313,7 @@ def test_a_new_alert_appears_live_without_reloading(monitored: Monitored, page: 
 
         # The daemon's work while the page is open: three more windows, the last with corrupted inputs.
         run_traffic(monitored, LIVE_PLAN, first_window=len(PLAN), prefix="live")
-        opened = [a for a in monitored.alerts.alert_states() if a.id not in before]
+        opened = [a for a in alert_states(monitored.alerts) if a.id not in before]
         assert opened, "the corrupted window opened no alert"
 
         for alert in opened:
@@ -321,7 +322,7 @@ def test_a_new_alert_appears_live_without_reloading(monitored: Monitored, page: 
             "n => Number(document.querySelector('svg.chart-svg').dataset.points) > n", arg=charted
         )
         # Resolutions are on the stream too: the episode that was firing shows as resolved.
-        for alert in monitored.alerts.alert_states():
+        for alert in alert_states(monitored.alerts):
             if alert.id in before and alert.state == "resolved":
                 page.wait_for_selector(f"#alerts tr.alert-row.state-resolved[data-alert-id='{alert.id}']")
         assert page.evaluate("window.__sameDocument") is True  # the same document: no reload happened
@@ -346,7 +347,7 @@ def test_with_tokens_the_page_asks_for_one_and_works_with_the_read_token(
         page.wait_for_selector("figure.chart")
         assert not form.is_visible()
         assert page.locator("#alerts tr.alert-row").count() == len(
-            [a for a in monitored.alerts.alert_states() if a.model == MODEL]
+            [a for a in alert_states(monitored.alerts) if a.model == MODEL]
         )
         # The stream authenticates with the same header (EventSource could not send it).
         page.wait_for_selector("#live-status.live-live")

@@ -14,6 +14,7 @@ from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import Store, make_engine, migrate
 from tests.helpers import MODEL, T0, make_config, to_jsonl, windowed_traffic, write_reference
+from tests.stored_state import count_events, event_labels
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def test_replay_flags_corrupted_windows_and_counts_every_event(database_url: str
     results = vae_results(store)
     assert [start for start, _, _ in results] == [T0 + 60 * i for i in range(len(plan))]
     assert [status for _, status, _ in results] == ["alert" if corrupt else "ok" for corrupt in plan]
-    assert sum(n for _, _, n in results) == len(events) == store.count_events(MODEL)
+    assert sum(n for _, _, n in results) == len(events) == count_events(store, MODEL)
     assert len(out.getvalue().splitlines()) == len(plan)
     # The most anomalous events of every window are stored for the history queries, each with its window.
     anomalies = store.anomalies(model=MODEL, limit=1000)
@@ -68,7 +69,7 @@ def test_replay_twice_stores_nothing_twice(database_url: str, tmp_path: Path) ->
     replay(source, config, out=io.StringIO())
     store = open_store(database_url)
     assert vae_results(store) == first
-    assert store.count_events(MODEL) == len(events)
+    assert count_events(store, MODEL) == len(events)
 
 
 def test_warmup_reference_then_windows(tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_warmup_reference_then_windows(tmp_path: Path) -> None:
     reference = store.latest_reference(MODEL)
     assert reference is not None and reference.source == "warmup" and reference.n_events == len(warmup)
     # Reference events are not window events.
-    assert store.count_events(MODEL) == len(events)
+    assert count_events(store, MODEL) == len(events)
 
 
 def test_restart_reuses_the_fitted_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,7 +145,7 @@ def test_bad_messages_are_dead_lettered_and_intake_goes_on(database_url: str, tm
         assert fragment in reasons
     oversized = next(d for d in letters if "exceeds" in d.reason)
     assert oversized.size > 3_000_000 and oversized.partition == 0 and oversized.offset == 25 + 7
-    assert store.count_events(MODEL) == len(good)
+    assert count_events(store, MODEL) == len(good)
 
 
 def test_too_small_window_is_skipped_with_reason(tmp_path: Path) -> None:
@@ -195,7 +196,7 @@ def test_late_events_go_to_the_open_window_and_feedback_labels_attach(tmp_path: 
     closed_now = pipeline.close_due(final=True)
     windows = {w.start.timestamp(): w for w in store.windows(MODEL)}
     assert windows[T0 + 60].n_events == 42 and windows[T0 + 60].n_late == 1
-    labels = store.event_labels(MODEL, [second[3]["event_id"], first[5]["event_id"], "not-yet-seen"])
+    labels = event_labels(store, MODEL, [second[3]["event_id"], first[5]["event_id"], "not-yet-seen"])
     assert labels == {
         second[3]["event_id"]: "fb-open",
         first[5]["event_id"]: "fb-stored",

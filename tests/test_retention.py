@@ -13,6 +13,7 @@ from monitor.config import RetentionSettings
 from monitor.retention import purge_expired
 from storage import AlertStore, DeadLetterIn, DeliveryIn, Store, make_engine, migrate
 from storage.purge import Retention
+from tests.stored_state import alert_states
 from tests.test_api import MIN, T0, add_alert, add_window, resolve
 
 DAY = timedelta(days=1)
@@ -76,7 +77,7 @@ def test_old_history_goes_in_batches_with_its_children_and_the_rest_stays(
     assert count(store, "window_results") == 4 * 2
     assert count(store, "anomalies") == 4
     assert [d.offset for d in store.dead_letters()] == [4]
-    kept = {a.id for a in alerts.alert_states()}
+    kept = {a.id for a in alert_states(alerts)}
     assert old.id not in kept
     assert {old_but_pending.id, young.id, firing.id} <= kept  # a pending resolution notice keeps its alert
     # A second run finds nothing more to do.

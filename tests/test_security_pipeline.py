@@ -20,6 +20,7 @@ from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import AlertStore, Store, make_engine, migrate
 from tests.helpers import MODEL, T0, make_config, only_detectors, windowed_traffic, write_reference
+from tests.stored_state import alert_states
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +96,6 @@ def test_a_clients_history_survives_a_restart_and_the_attacker_is_caught(tmp_pat
 
     alerts = AlertStore(engine)
     AlertEngine(alerts, AlertingSettings()).run_once()
-    [alert] = alerts.alert_states()
+    [alert] = alert_states(alerts)
     assert (alert.detector, alert.threat, alert.subject) == ("extraction", "confidentiality", ATTACKER)
     engine.dispose()

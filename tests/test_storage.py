@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 import storage
 from storage import (
+    AlertStore,
     AnomalyRow,
     DeadLetterIn,
     DetectorStateRow,
@@ -44,6 +45,7 @@ from storage import (
 )
 from storage.migrate import current_revision, head_revision
 from storage.models import Alert, Base, UTCDateTime
+from tests.stored_state import count_events
 
 # The server's maintenance database (TEST_POSTGRES_URL, as in conftest.py); this module creates its own there.
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -212,7 +214,7 @@ def test_migrate_accepts_url_and_in_memory_sqlite(tmp_path: Path) -> None:
         migrate(memory)
         s = Store(memory)
         s.store_window(window(events=[ev("a")]))
-        assert s.count_events("m") == 1
+        assert count_events(s, "m") == 1
     finally:
         memory.dispose()
 
@@ -265,7 +267,7 @@ def test_store_window_roundtrip_and_second_store_is_a_noop(store: Store, engine:
     assert second.id == first.id
     assert (second.n_events, second.n_duplicates) == (3, 0)
     assert store.window_results(model="m") == before  # untouched, updated_at included
-    assert store.count_events("m") == 3
+    assert count_events(store, "m") == 3
     assert table_count(engine, "windows") == 1
     assert table_count(engine, "anomalies") == 1
 
@@ -297,7 +299,7 @@ def test_restore_with_extra_events_adds_them_and_replaces_results(store: Store, 
     assert not again.created
     assert again.id == first.id
     assert (again.n_events, again.n_duplicates) == (4, 0)  # a and b were this window's own events
-    assert store.count_events("m") == 4
+    assert count_events(store, "m") == 4
 
     by_detector = {r.detector: r for r in store.window_results(model="m")}
     assert set(by_detector) == {"ks", "mmd"}  # old-detector's result replaced away
@@ -316,7 +318,7 @@ def test_duplicates_across_windows_are_counted_once(store: Store) -> None:
     assert second.created
     # "b" was stored in the first window; the second "c" repeats within the record.
     assert (second.n_events, second.n_duplicates) == (2, 2)
-    assert store.count_events("m") == 4
+    assert count_events(store, "m") == 4
     assert store.known_event_ids("m", ["a", "b", "c", "d", "zz"]) == {"a", "b", "c", "d"}
     # Event ids are per model: the same id in another model is not a duplicate.
     other = store.store_window(window(T0, events=[ev("a")], model="other"))
@@ -344,7 +346,7 @@ def test_failed_store_window_leaves_nothing_behind(
     def explode(*_args: Any) -> None:
         raise SQLAlchemyError("simulated failure after the window and its events were inserted")
 
-    monkeypatch.setattr(store, "_replace_results", explode)
+    monkeypatch.setattr(storage.store.windows, "_replace_results", explode)
     with pytest.raises(StorageError):
         store.store_window(window(events=[ev("a")], results=[result()], anomalies=[anomaly("a", 1.0)]))
     monkeypatch.undo()
@@ -410,8 +412,8 @@ def test_enums_numpy_like_values_and_nan_are_normalised(store: Store) -> None:
 
 
 def test_pending_label_is_applied_when_the_event_arrives(store: Store, engine: Engine) -> None:
-    assert store.attach_label("m", "late", "dog", T0 + 2 * MINUTE) is False
-    assert store.attach_label("m", "late", "cat", T0 + MINUTE) is False  # older feedback: ignored
+    assert store.label_event("m", "late", "dog", T0 + 2 * MINUTE) is None  # parked: no stored window
+    assert store.label_event("m", "late", "cat", T0 + MINUTE) is None  # older feedback: ignored
     assert table_count(engine, "pending_labels") == 1
 
     store.store_window(window(T0, events=[ev("late"), ev("other")]))
@@ -423,11 +425,11 @@ def test_pending_label_is_applied_when_the_event_arrives(store: Store, engine: E
     assert label == "dog"
 
 
-def test_attach_label_on_a_stored_event(store: Store, engine: Engine) -> None:
-    store.store_window(window(events=[ev("a"), ev("b")]))
-    assert store.attach_label("m", "a", "dog", T0 + MINUTE) is True
-    assert store.attach_label("m", "a", "cat", T0 + 2 * MINUTE) is True  # relabel: counted once
-    assert store.attach_label("m", "a", "stale", T0 + 30 * timedelta(seconds=1)) is True  # older: ignored
+def test_label_event_on_a_stored_event(store: Store, engine: Engine) -> None:
+    stored = store.store_window(window(events=[ev("a"), ev("b")]))
+    assert store.label_event("m", "a", "dog", T0 + MINUTE) == stored.id
+    assert store.label_event("m", "a", "cat", T0 + 2 * MINUTE) == stored.id  # relabel: counted once
+    assert store.label_event("m", "a", "stale", T0 + 30 * timedelta(seconds=1)) == stored.id  # older: ignored
     [w] = store.windows("m")
     assert w.n_labelled == 1
     with engine.connect() as conn:
@@ -437,7 +439,7 @@ def test_attach_label_on_a_stored_event(store: Store, engine: Engine) -> None:
     assert rows == {"a": "cat", "b": None}
     assert table_count(engine, "pending_labels") == 0
     with pytest.raises(ValueError, match="aware"):
-        store.attach_label("m", "a", "x", datetime(2025, 1, 1))
+        store.label_event("m", "a", "x", datetime(2025, 1, 1))
 
 
 # ---------------------------------------------------------------------- dead letters, references, state
@@ -627,7 +629,7 @@ def test_history_queries_order_and_filters(store: Store) -> None:
 
 
 def test_alerts_query(store: Store) -> None:
-    # The alert lifecycle does not write alerts yet: insert rows directly, as it will.
+    # Rows inserted directly: this checks the query, not the lifecycle that writes alerts.
     def row(model: str, last_seen: datetime, state: str = "firing") -> Alert:
         return Alert(
             fingerprint=secrets.token_hex(32),
@@ -652,14 +654,15 @@ def test_alerts_query(store: Store) -> None:
 
     with Session(store.engine) as session, session.begin():
         session.add_all([row("m", T0), row("m", T0 + 2 * MINUTE, "resolved"), row("other", T0 + MINUTE)])
-    assert [(a.model, a.last_seen) for a in store.alerts()] == [
+    alerts = AlertStore(store.engine)
+    assert [(a.model, a.last_seen) for a in alerts.list_alerts()] == [
         ("m", T0 + 2 * MINUTE),
         ("other", T0 + MINUTE),
         ("m", T0),
     ]
-    assert [a.last_seen for a in store.alerts(model="m")] == [T0 + 2 * MINUTE, T0]
-    assert [a.model for a in store.alerts(since=T0 + MINUTE)] == ["m", "other"]
-    [latest] = store.alerts(limit=1)
+    assert [a.last_seen for a in alerts.list_alerts(model="m")] == [T0 + 2 * MINUTE, T0]
+    assert [a.model for a in alerts.list_alerts(since=T0 + MINUTE)] == ["m", "other"]
+    [latest] = alerts.list_alerts(limit=1)
     assert (latest.state, latest.details, latest.window_start.tzinfo if latest.window_start else None) == (
         "resolved",
         {"feature": "x"},
@@ -673,10 +676,10 @@ def test_alerts_query(store: Store) -> None:
 
 def test_ten_thousand_event_window(store: Store) -> None:
     evs = events("big", 10_000)
-    store.attach_label("m", "big-9999", "dog", T0)  # forces the pending-label lookup over all ids
+    store.label_event("m", "big-9999", "dog", T0)  # forces the pending-label lookup over all ids
     stored = store.store_window(window(events=evs, results=[result()], anomalies=[anomaly("big-1", 4.0)]))
     assert (stored.n_events, stored.n_duplicates) == (10_000, 0)
-    assert store.count_events("m") == 10_000
+    assert count_events(store, "m") == 10_000
     ids = [e.event_id for e in evs]
     assert store.known_event_ids("m", [*ids, "missing"]) == set(ids)
     assert store.windows("m")[0].n_labelled == 1
@@ -703,7 +706,7 @@ def test_concurrent_store_window_calls(store: Store, engine: Engine) -> None:
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
     assert sorted(o.created for o in outcomes) == [False, False, False, True]
     assert len({o.id for o in outcomes}) == 1
-    assert store.count_events("m") == 200
+    assert count_events(store, "m") == 200
     assert table_count(engine, "window_results") == 1
 
 
@@ -719,7 +722,7 @@ def test_labels_attached_while_the_window_is_stored_are_never_lost(store: Store,
         barrier.wait()
         try:
             for e in evs:
-                store.attach_label("m", e.event_id, "dog", T0 + MINUTE)
+                store.label_event("m", e.event_id, "dog", T0 + MINUTE)
         except Exception as exc:  # asserted on below
             errors.append(exc)
 
