@@ -27,6 +27,10 @@ calibration scores lie above the threshold, the share of clean events above it i
 distributed (an order-statistic fact, given exchangeable scores), so ``k`` follows
 BetaBinomial(n, c + 1, m - c), whose mean is still ``n * p0``. In the same experiment it gave 0.7 % and
 0.1 % false alarms; the corrupted windows of the tests alert just as clearly.
+
+The module stays above 500 lines because the network, its training with early stopping, the calibrated
+window test and :func:`inner_vae_params` (the inner VAE of ``latent_drift``, ``evasion`` and ``backdoor``)
+are one algorithm: split, each part would need the others' private details.
 """
 
 from __future__ import annotations
@@ -34,19 +38,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Self
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 
-from detectors.base import Batch, DetectionResult, Detector, EventScore, Status, Threat
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, EventScore, Threat
 from detectors.encoding import FeatureSchema
+from detectors.state import HYPERPARAMETER, DetectorState, Float32Array, Float64Array
 
-__all__ = ["VAEAnomalyDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["VAEAnomalyDetector", "VAEAnomalyState", "inner_vae_params"]
 
 # Share of the reference used for training and for validation; the rest calibrates the threshold.
 _TRAIN_SHARE = 0.6
@@ -119,31 +124,22 @@ class _VAE(nn.Module):
         return (nll + beta * kl).mean()
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum`` (bools refused), else a TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+@dataclass
+class VAEAnomalyState(DetectorState):
+    """The feature schema, the network's weights and the calibration of the threshold."""
+
+    architecture: dict[str, int]  # input_dim, hidden_dim, latent_dim
+    quantile: Annotated[float, HYPERPARAMETER]
+    schema: dict[str, Any]  # FeatureSchema.state_dict(), checked by FeatureSchema.from_state
+    weights: dict[str, Float32Array]  # the network's state_dict
+    score_threshold: float
+    expected_share: float
+    calibration_scores: Float64Array
+    calibration_above: int
+    training: dict[str, Any] = field(default_factory=dict)  # epochs, best epoch and loss, split sizes
 
 
-def _check_float(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> float:
-    """``value`` as float if it lies in the interval, else a TypeError/ValueError naming the range."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    above = number > low if low_open else number >= low
-    below = number < high if high_open else number <= high
-    if not (math.isfinite(number) and above and below):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return number
-
-
-class VAEAnomalyDetector(Detector):
+class VAEAnomalyDetector(Detector[VAEAnomalyState], id="vae_anomaly", threat=Threat.ROBUSTNESS):
     """Flags windows with too many events that a VAE, trained on the reference, reconstructs badly.
 
     Parameters
@@ -178,10 +174,21 @@ class VAEAnomalyDetector(Detector):
         Null distribution of the window's anomalous count: ``"beta_binomial"`` (accounts for the
         calibration set's finite size; see the module docstring) or ``"binomial"`` (``p0`` taken as
         exact, anti-conservative with small calibration sets).
-    """
 
-    id: ClassVar[str] = "vae_anomaly"
-    threat: ClassVar[Threat] = Threat.ROBUSTNESS
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
+    >>> detector = VAEAnomalyDetector(hidden_dim=8, latent_dim=2, max_epochs=20)
+    >>> detector = detector.fit(batch(rng.normal(size=(300, 4))))
+    >>> detector.evaluate(batch(rng.normal(size=(100, 4)))).status.value
+    'ok'
+    >>> detector.evaluate(batch(rng.normal(size=(100, 4)) * [1, 1, 1, 6])).status.value
+    'alert'
+    """
 
     def __init__(
         self,
@@ -201,24 +208,20 @@ class VAEAnomalyDetector(Detector):
         top_k: int = 10,
         window_test: str = "beta_binomial",
     ) -> None:
-        self.latent_dim = _check_int("latent_dim", latent_dim, 1)
-        self.hidden_dim = _check_int("hidden_dim", hidden_dim, 1)
-        self.quantile = _check_float("quantile", quantile, 0.5, 0.9999)
-        self.alpha = _check_float("alpha", alpha, 0.0, 0.5, low_open=True, high_open=True)
-        self.max_epochs = _check_int("max_epochs", max_epochs, 1)
-        self.patience = _check_int("patience", patience, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.learning_rate = _check_float("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
-        self.beta = _check_float("beta", beta, 0.0, 100.0)
-        self.seed = _check_int("seed", seed, 0)
-        self.min_reference = _check_int("min_reference", min_reference, 10)
-        self.min_events = _check_int("min_events", min_events, 1)
-        self.top_k = _check_int("top_k", top_k, 0)
-        if window_test not in _WINDOW_TESTS:
-            raise ValueError(
-                f"window_test must be one of {', '.join(map(repr, _WINDOW_TESTS))}, got {window_test!r}"
-            )
-        self.window_test = window_test
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
+        self.hidden_dim = check_int("hidden_dim", hidden_dim, 1)
+        self.quantile = check_float("quantile", quantile, 0.5, 0.9999, low_open=False, high_open=False)
+        self.alpha = check_float("alpha", alpha, 0.0, 0.5)
+        self.max_epochs = check_int("max_epochs", max_epochs, 1)
+        self.patience = check_int("patience", patience, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.learning_rate = check_float("learning_rate", learning_rate, 0.0, 1.0, high_open=False)
+        self.beta = check_float("beta", beta, 0.0, 100.0, low_open=False, high_open=False)
+        self.seed = check_int("seed", seed, 0)
+        self.min_reference = check_int("min_reference", min_reference, 10)
+        self.min_events = check_int("min_events", min_events, 1)
+        self.top_k = check_int("top_k", top_k, 0)
+        self.window_test = check_choice("window_test", window_test, _WINDOW_TESTS)
 
         self._schema: FeatureSchema | None = None
         self._model: _VAE | None = None
@@ -228,36 +231,14 @@ class VAEAnomalyDetector(Detector):
         self._n_above = 0  # calibration scores above the threshold
         self._training: dict[str, Any] = {}
 
-    # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "latent_dim": self.latent_dim,
-            "hidden_dim": self.hidden_dim,
-            "quantile": self.quantile,
-            "alpha": self.alpha,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "beta": self.beta,
-            "seed": self.seed,
-            "min_reference": self.min_reference,
-            "min_events": self.min_events,
-            "top_k": self.top_k,
-            "window_test": self.window_test,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._model is not None
 
     @property
     def schema(self) -> FeatureSchema:
         """The feature encoding learned from the reference."""
-        return self._require_fitted()[0]
+        return self._network()[0]
 
     @property
     def score_threshold(self) -> float:
@@ -271,31 +252,17 @@ class VAEAnomalyDetector(Detector):
         self._require_fitted()
         return self._expected_share
 
-    def _require_fitted(self) -> tuple[FeatureSchema, _VAE]:
-        if self._schema is None or self._model is None:
-            raise self._not_fitted()
+    def _network(self) -> tuple[FeatureSchema, _VAE]:
+        """The fitted schema and network."""
+        self._require_fitted()
+        assert self._schema is not None and self._model is not None  # both are set by fit and load
         return self._schema, self._model
 
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Learn the schema, train the VAE and calibrate the threshold on the reference.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``features`` is used.
-
-        Returns
-        -------
-        VAEAnomalyDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has fewer than ``min_reference`` events (or no features).
-        """
+        """Learn the schema, train the VAE and calibrate the threshold on the reference's ``features``; a
+        ValueError if it has fewer than ``min_reference`` events (or no features)."""
         n = len(reference)
         if n < self.min_reference:
             raise ValueError(
@@ -400,7 +367,7 @@ class VAEAnomalyDetector(Detector):
         np.ndarray
             float64, one score per event; higher is more anomalous.
         """
-        schema, model = self._require_fitted()
+        schema, model = self._network()
         with _torch_threads(1):
             return self._reconstruction_error(model, batch.encoded(schema))
 
@@ -412,7 +379,7 @@ class VAEAnomalyDetector(Detector):
         np.ndarray
             float64, shape ``(len(batch), latent_dim)``.
         """
-        schema, model = self._require_fitted()
+        schema, model = self._network()
         encoded = batch.encoded(schema)
         out = np.empty((encoded.shape[0], self.latent_dim), dtype=np.float64)
         with _torch_threads(1), torch.no_grad():
@@ -463,24 +430,12 @@ class VAEAnomalyDetector(Detector):
         return int(alerting[0]) if alerting.size else None
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test whether the window holds more anomalous events than the reference predicts.
+        """Test whether the window holds more anomalous events than the reference predicts (uses
+        ``event_ids`` and ``features``).
 
-        Parameters
-        ----------
-        window
-            The events of one window; only ``event_ids`` and ``features`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            ``statistic`` is the share of events above the score threshold, ``threshold`` the share at
-            which the window would alert, ``p_value`` the binomial tail probability. ``event_scores``
-            holds the ``top_k`` highest-scoring events, also for windows that pass.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
+        ``statistic`` is the share of events above the score threshold, ``threshold`` the share at which the
+        window would alert, ``p_value`` the tail probability of the count. ``event_scores`` holds the
+        ``top_k`` highest-scoring events, also for windows that pass.
         """
         self._require_fitted()
         n = len(window)
@@ -498,11 +453,9 @@ class VAEAnomalyDetector(Detector):
         event_scores = tuple(
             EventScore(event_id=str(window.event_ids[i]), score=float(scores[i])) for i in top
         )
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p_value < self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p_value < self.alpha,
             statistic=k / n,
             threshold=None if critical is None else critical / n,
             p_value=p_value,
@@ -518,89 +471,74 @@ class VAEAnomalyDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Schema, network weights and calibration, as numpy arrays and JSON values.
-
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        schema, model = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "architecture": {
+    def _save_state(self) -> VAEAnomalyState:
+        schema, model = self._network()
+        return VAEAnomalyState(
+            architecture={
                 "input_dim": schema.dim,
                 "hidden_dim": self.hidden_dim,
                 "latent_dim": self.latent_dim,
             },
-            "quantile": self.quantile,
-            "schema": schema.state_dict(),
-            "weights": {name: tensor.detach().numpy().copy() for name, tensor in model.state_dict().items()},
-            "score_threshold": self._score_threshold,
-            "expected_share": self._expected_share,
-            "calibration_scores": self._calibration_scores.copy(),
-            "calibration_above": self._n_above,
-            "training": dict(self._training),
-        }
+            quantile=self.quantile,
+            schema=schema.state_dict(),
+            weights={name: tensor.detach().numpy() for name, tensor in model.state_dict().items()},
+            score_threshold=self._score_threshold,
+            expected_share=self._expected_share,
+            calibration_scores=self._calibration_scores,
+            calibration_above=self._n_above,
+            training=dict(self._training),
+        )
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; scores are then bit-identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or was fitted with a different architecture
-            or ``quantile`` than this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            architecture = dict(state["architecture"])
-            quantile = float(state["quantile"])
-            weights = dict(state["weights"])
-            threshold = float(state["score_threshold"])
-            expected_share = float(state["expected_share"])
-            calibration_scores = np.asarray(state["calibration_scores"], dtype=np.float64)
-            n_above = int(state["calibration_above"])
-            training = dict(state.get("training", {}))
-            schema = FeatureSchema.from_state(state["schema"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
+    def _load_state(self, state: VAEAnomalyState) -> None:
+        schema = FeatureSchema.from_state(state.schema)
         expected = {"input_dim": schema.dim, "hidden_dim": self.hidden_dim, "latent_dim": self.latent_dim}
-        if architecture != expected:
+        if state.architecture != expected:
             raise ValueError(
-                f"{self.id}: the state was fitted with {architecture}, "
+                f"{self.id}: the state was fitted with {state.architecture}, "
                 f"this detector's parameters give {expected}"
-            )
-        if quantile != self.quantile:
-            raise ValueError(
-                f"{self.id}: the state's threshold was calibrated with quantile={quantile}, "
-                f"this detector has quantile={self.quantile}"
             )
         with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: spare the global RNG
             model = _VAE(schema.dim, self.hidden_dim, self.latent_dim)
         try:
-            tensors = {
-                name: torch.from_numpy(np.array(array, dtype=np.float32)) for name, array in weights.items()
-            }
-            model.load_state_dict(tensors, strict=True)
+            model.load_state_dict({name: torch.from_numpy(array) for name, array in state.weights.items()})
         except (RuntimeError, TypeError, ValueError) as error:
             raise ValueError(f"{self.id}: the state's weights do not fit the network: {error}") from error
         model.eval()
+        scores, n_above = state.calibration_scores, state.calibration_above
+        if scores.ndim != 1 or not 0 <= n_above < scores.size:
+            raise self._malformed(f"{n_above} calibration scores above the threshold out of {scores.size}")
         self._schema = schema
         self._model = model
-        self._score_threshold = threshold
-        self._expected_share = expected_share
-        if calibration_scores.ndim != 1 or not 0 <= n_above < calibration_scores.size:
-            raise ValueError(
-                f"{self.id}: malformed state: {n_above} calibration scores above the threshold "
-                f"out of {calibration_scores.size}"
-            )
-        self._calibration_scores = calibration_scores.copy()
+        self._score_threshold = state.score_threshold
+        self._expected_share = state.expected_share
+        self._calibration_scores = scores
         self._n_above = n_above
-        self._training = training
-        return self
+        self._training = state.training
+
+
+def inner_vae_params(vae: Any, **defaults: Any) -> dict[str, Any]:
+    """Every parameter of a detector's inner :class:`VAEAnomalyDetector`, spelt out.
+
+    Parameters
+    ----------
+    vae
+        The detector's ``vae`` argument: a mapping of the inner VAE's constructor arguments, or None.
+    defaults
+        Arguments that ``vae`` may override (the outer detector's seed, a per-event quantile).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the VAE's constructor would, the message prefixed with ``vae: ``.
+    """
+    if vae is None:
+        vae = {}
+    if not isinstance(vae, Mapping):
+        raise TypeError(f"vae must be a mapping of VAEAnomalyDetector parameters, got {type(vae).__name__}")
+    try:
+        inner = VAEAnomalyDetector(**{**defaults, **vae})
+    except TypeError as error:
+        raise TypeError(f"vae: {error}") from error
+    except ValueError as error:
+        raise ValueError(f"vae: {error}") from error
+    return inner.get_params()

@@ -6,8 +6,8 @@
   pooling rare categories so that every expected count is at least 5; :func:`class_mix_tests` adds a share
   test per class to it;
 * :func:`proportion_test` and :func:`excess_test`: two-sided and one-sided tests of two shares;
-* reading predictions and labels (:func:`predicted_class`, :func:`infer_task`), parameter validation and
-  turning numbers into plain JSON values for the evidence.
+* reading predictions and labels (:func:`predicted_class`, :func:`infer_task`) and turning numbers into
+  plain JSON values for the evidence.
 
 Every test here is a *two-sample* test: the reference is a finite sample too, and treating its shares or its
 distribution as exact would make the tests anti-conservative (more false alarms than ``alpha`` promises).
@@ -29,10 +29,8 @@ __all__ = [
     "TASKS",
     "Chi2Result",
     "MixTest",
+    "adjust_family",
     "adjust_pvalues",
-    "check_choice",
-    "check_float",
-    "check_int",
     "chi2_homogeneity",
     "class_mix_tests",
     "excess_test",
@@ -65,35 +63,6 @@ _KS_SMALL_N = 30
 
 # Least expected count per cell of a chi-squared table (the usual rule of thumb).
 _MIN_EXPECTED = 5.0
-
-
-# ---------------------------------------------------------------------------------------------- parameters
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum`` (bools refused), else a TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, low: float, high: float) -> float:
-    """``value`` as float if it lies in the open interval ``(low, high)``, else a TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not (math.isfinite(number) and low < number < high):
-        raise ValueError(f"{name} must be in ({low}, {high}), got {value!r}")
-    return number
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices``, else a ValueError listing them."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- evidence
@@ -147,6 +116,15 @@ def adjust_pvalues(p_values: Sequence[float] | np.ndarray, method: str) -> np.nd
         adjusted[order] = np.minimum(monotone, 1.0)
         return adjusted
     raise ValueError(f"correction must be one of {', '.join(map(repr, CORRECTIONS))}, got {method!r}")
+
+
+def adjust_family(p_values: Sequence[float], family_size: int, method: str) -> tuple[np.ndarray, float]:
+    """Adjusted p-values of the tests a window could run, in a family of ``family_size`` tests fixed at
+    ``fit``: the tests it could not run count with p = 1. Also the smallest adjusted p-value (1 if none ran).
+    """
+    raw = np.array(list(p_values) + [1.0] * (family_size - len(p_values)), dtype=np.float64)
+    adjusted = adjust_pvalues(raw, method)[: len(p_values)]
+    return adjusted, float(adjusted.min()) if len(p_values) else 1.0
 
 
 # ---------------------------------------------------------------------------------------------- KS

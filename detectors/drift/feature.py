@@ -26,19 +26,17 @@ features), and the window alerts when any corrected p-value is below ``alpha``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat
 from detectors.drift._stats import (
     CORRECTIONS,
-    adjust_pvalues,
-    check_choice,
-    check_float,
-    check_int,
+    adjust_family,
     chi2_homogeneity,
     excess_test,
     ks_tests,
@@ -46,10 +44,16 @@ from detectors.drift._stats import (
     proportion_test,
 )
 from detectors.encoding import FeatureSchema, _gather, _numeric_column
+from detectors.state import (
+    HYPERPARAMETER,
+    DetectorState,
+    Float64Array,
+    Int64Array,
+    concatenate_ragged,
+    split_ragged,
+)
 
-__all__ = ["FeatureDriftDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["FeatureDriftDetector", "FeatureDriftState"]
 
 # Share of the test family's decision threshold below which KS p-values are left asymptotic (see ks_test).
 _EXACT_BAND_LOW = 0.01
@@ -78,6 +82,36 @@ class _Categorical:
     n_missing: int
 
 
+@dataclass
+class NumericSummaries:
+    """The numeric features' sorted finite reference values, concatenated, and their missing counts."""
+
+    names: list[str]
+    values: Float64Array
+    offsets: Int64Array  # feature i's values are values[offsets[i]:offsets[i + 1]]
+    missing: Int64Array
+
+
+@dataclass
+class CategoricalSummary:
+    """One categorical feature's reference category counts (then "other") and missing count."""
+
+    categories: list[str]
+    counts: list[int]
+    missing: int
+
+
+@dataclass
+class FeatureDriftState(DetectorState):
+    """What ``feature_drift`` learns from the reference: a summary per feature."""
+
+    n_reference: int
+    max_categories: Annotated[int, HYPERPARAMETER]
+    names: list[str]
+    numeric: NumericSummaries
+    categorical: dict[str, CategoricalSummary]
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """One test on one window."""
@@ -90,7 +124,7 @@ class _Outcome:
     strength: float  # effect magnitude in [0, 1], breaks ties between p-values that underflow to 0
 
 
-class FeatureDriftDetector(Detector):
+class FeatureDriftDetector(Detector[FeatureDriftState], id="feature_drift", threat=Threat.DRIFT):
     """Flags windows in which some feature's distribution, or its share of missing values, has changed.
 
     Parameters
@@ -120,10 +154,20 @@ class FeatureDriftDetector(Detector):
     standard deviations) with both medians; for constant features the constant and the window's share of
     other values; for chi-squared, ``cramers_v`` and the category whose share changed most; for missing
     values both shares.
-    """
 
-    id: ClassVar[str] = "feature_drift"
-    threat: ClassVar[Threat] = Threat.DRIFT
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], features=[{"x": float(v)} for v in x])
+    >>> detector = FeatureDriftDetector().fit(batch(rng.normal(size=500)))
+    >>> detector.evaluate(batch(rng.normal(size=200))).status.value
+    'ok'
+    >>> shifted = detector.evaluate(batch(rng.normal(0.5, size=200)))
+    >>> shifted.status.value, shifted.evidence["drifted"][0]["test"]
+    ('alert', 'ks')
+    """
 
     def __init__(
         self,
@@ -145,21 +189,8 @@ class FeatureDriftDetector(Detector):
         self._categorical: dict[str, _Categorical] = {}
         self._n_reference = 0
 
-    # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "correction": self.correction,
-            "min_events": self.min_events,
-            "max_categories": self.max_categories,
-            "top_k": self.top_k,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._n_reference > 0
 
     @property
@@ -169,31 +200,12 @@ class FeatureDriftDetector(Detector):
         with_values = sum(1 for summary in self._numeric.values() if summary.values.size > 0)
         return with_values + len(self._categorical) + len(self._names)
 
-    def _require_fitted(self) -> None:
-        if not self.fitted:
-            raise self._not_fitted()
-
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Summarise every reference feature: sorted values, category counts, missing counts.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``features`` is used.
-
-        Returns
-        -------
-        FeatureDriftDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has fewer than ``min_events`` events, no features, or a value of an
-            unsupported type.
-        """
+        """Summarise every reference feature (only ``features`` is used): sorted values, category counts,
+        missing counts; a ValueError if the reference has fewer than ``min_events`` events, no features, or
+        a value of an unsupported type."""
         n = len(reference)
         if n < self.min_events:
             raise ValueError(
@@ -227,23 +239,8 @@ class FeatureDriftDetector(Detector):
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test every feature of the window against the reference.
-
-        Parameters
-        ----------
-        window
-            The events of one window; only ``features`` is used (keys outside the reference are ignored).
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring for ``statistic``, ``threshold``, ``p_value`` and ``evidence``.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test every feature of the window against the reference (only ``features`` is used; keys outside
+        the reference are ignored)."""
         self._require_fitted()
         n = len(window)
         if n < self.min_events:
@@ -266,17 +263,13 @@ class FeatureDriftDetector(Detector):
                 for i, (name, summary, present) in enumerate(ks_jobs)
             ]
         # Tests the window could not run (no values for a feature) count with p = 1: the family is fixed.
-        raw = np.array([o.p_value for o in outcomes] + [1.0] * (m - len(outcomes)), dtype=np.float64)
-        adjusted = adjust_pvalues(raw, self.correction)[: len(outcomes)]
+        adjusted, p_value = adjust_family([o.p_value for o in outcomes], m, self.correction)
         drifted = [i for i in range(len(outcomes)) if adjusted[i] < self.alpha]
         drifted.sort(key=lambda i: (outcomes[i].p_value, -outcomes[i].strength, i))
-        p_value = float(adjusted.min()) if len(outcomes) else 1.0
         n_drifted = len({outcomes[i].feature for i in drifted})
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p_value < self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p_value < self.alpha,
             statistic=float(n_drifted),
             threshold=1.0,
             p_value=p_value,
@@ -360,95 +353,46 @@ class FeatureDriftDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The reference summaries, as numpy arrays and JSON values.
-
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        self._require_fitted()
+    def _save_state(self) -> FeatureDriftState:
         numeric = [name for name in self._names if name in self._numeric]
-        sizes = [self._numeric[name].values.size for name in numeric]
-        return {
-            "version": _STATE_VERSION,
-            "n_reference": self._n_reference,
-            "max_categories": self.max_categories,
-            "names": list(self._names),
-            "numeric": {
-                "names": numeric,
-                "values": np.concatenate([self._numeric[name].values for name in numeric])
-                if numeric
-                else np.empty(0, dtype=np.float64),
-                "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-                "missing": np.array([self._numeric[name].n_missing for name in numeric], dtype=np.int64),
-            },
-            "categorical": {
-                name: {
-                    "categories": list(summary.categories),
-                    "counts": [int(c) for c in summary.counts],
-                    "missing": summary.n_missing,
-                }
+        return FeatureDriftState(
+            n_reference=self._n_reference,
+            max_categories=self.max_categories,
+            names=list(self._names),
+            numeric=NumericSummaries(
+                numeric,
+                *concatenate_ragged([self._numeric[name].values for name in numeric]),
+                missing=np.array([self._numeric[name].n_missing for name in numeric], dtype=np.int64),
+            ),
+            categorical={
+                name: CategoricalSummary(
+                    list(summary.categories), [int(c) for c in summary.counts], summary.n_missing
+                )
                 for name, summary in self._categorical.items()
             },
+        )
+
+    def _load_state(self, state: FeatureDriftState) -> None:
+        numeric = state.numeric
+        names = numeric.names
+        categorical = {
+            name: _Categorical(
+                tuple(entry.categories), np.asarray(entry.counts, dtype=np.int64), entry.missing
+            )
+            for name, entry in state.categorical.items()
         }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or built with another ``max_categories``.
-        """
-        try:
-            version = state["version"]
-            n_reference = int(state["n_reference"])
-            max_categories = int(state["max_categories"])
-            names = tuple(str(name) for name in state["names"])
-            numeric_state = state["numeric"]
-            numeric_names = [str(name) for name in numeric_state["names"]]
-            values = np.asarray(numeric_state["values"], dtype=np.float64)
-            offsets = np.asarray(numeric_state["offsets"], dtype=np.int64)
-            missing = np.asarray(numeric_state["missing"], dtype=np.int64)
-            categorical = {
-                str(name): _Categorical(
-                    tuple(str(c) for c in entry["categories"]),
-                    np.asarray(entry["counts"], dtype=np.int64),
-                    int(entry["missing"]),
-                )
-                for name, entry in dict(state["categorical"]).items()
-            }
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        if max_categories != self.max_categories:
-            raise ValueError(
-                f"{self.id}: the state was fitted with max_categories={max_categories}, "
-                f"this detector has max_categories={self.max_categories}"
-            )
-        k = len(numeric_names)
+        values = split_ragged(numeric.values, numeric.offsets, len(names))
         if (
-            offsets.shape != (k + 1,)
-            or missing.shape != (k,)
-            or (k and (offsets[0] != 0 or offsets[-1] != values.size or np.any(np.diff(offsets) < 0)))
-            or sorted([*numeric_names, *categorical]) != sorted(names)
-            or n_reference < 1
+            numeric.missing.shape != (len(names),)
+            or sorted([*names, *categorical]) != sorted(state.names)
+            or state.n_reference < 1
             or any(c.counts.shape != (len(c.categories) + 1,) for c in categorical.values())
         ):
-            raise ValueError(f"{self.id}: malformed state: inconsistent feature summaries")
-        self._names = names
-        self._numeric = {
-            name: _summarise(values[offsets[i] : offsets[i + 1]].copy(), int(missing[i]))
-            for i, name in enumerate(numeric_names)
-        }
+            raise self._malformed("inconsistent feature summaries")
+        self._names = tuple(state.names)
+        self._numeric = {name: _summarise(values[i], int(numeric.missing[i])) for i, name in enumerate(names)}
         self._categorical = categorical
-        self._n_reference = n_reference
-        return self
+        self._n_reference = state.n_reference
 
 
 def _ks_outcome(name: str, summary: _Numeric, present: np.ndarray, d: float, p: float) -> _Outcome:

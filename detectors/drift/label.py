@@ -19,19 +19,18 @@ whole number). Labels such as "0".."9" are classes when the model predicts class
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat
 from detectors.drift._stats import (
     CORRECTIONS,
     TASKS,
     adjust_pvalues,
-    check_choice,
-    check_float,
-    check_int,
     class_mix_tests,
     infer_task,
     ks_critical_value,
@@ -39,13 +38,23 @@ from detectors.drift._stats import (
     parse_float,
     plain,
 )
+from detectors.state import HYPERPARAMETER, DetectorState, Float64Array, Int64Array
 
-__all__ = ["LabelDriftDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["LabelDriftDetector", "LabelDriftState"]
 
 
-class LabelDriftDetector(Detector):
+@dataclass
+class LabelDriftState(DetectorState):
+    """The reference label mix (classification) or sorted label values (regression)."""
+
+    task: str
+    max_classes: Annotated[int, HYPERPARAMETER]
+    classes: list[str]
+    counts: Int64Array  # per class, then "other"
+    values: Float64Array
+
+
+class LabelDriftDetector(Detector[LabelDriftState], id="label_drift", threat=Threat.INTEGRITY):
     """Flags windows whose labelled events have a different label mix from the reference.
 
     Parameters
@@ -73,10 +82,18 @@ class LabelDriftDetector(Detector):
 
     Regression: ``statistic`` is the KS ``D``, ``threshold`` its asymptotic critical value; ``evidence``
     holds both medians, the median shift in reference standard deviations and ``n_labelled``.
-    """
 
-    id: ClassVar[str] = "label_drift"
-    threat: ClassVar[Threat] = Threat.INTEGRITY
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(share_of_a):
+    ...     labels = np.where(rng.random(300) < share_of_a, "a", "b")
+    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[], labels=list(map(str, labels)))
+    >>> detector = LabelDriftDetector().fit(batch(0.5))
+    >>> detector.evaluate(batch(0.5)).status.value, detector.evaluate(batch(0.8)).status.value
+    ('ok', 'alert')
+    """
 
     def __init__(
         self,
@@ -100,55 +117,22 @@ class LabelDriftDetector(Detector):
         self._counts = np.empty(0, dtype=np.int64)  # per class, then "other"
         self._values = np.empty(0, dtype=np.float64)  # sorted label values (regression)
 
-    # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "min_labelled": self.min_labelled,
-            "task": self.task,
-            "correction": self.correction,
-            "max_classes": self.max_classes,
-            "top_k": self.top_k,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._task is not None
 
     @property
     def resolved_task(self) -> str:
         """``"classification"`` or ``"regression"``, as decided at ``fit``."""
-        return self._require_fitted()
-
-    def _require_fitted(self) -> str:
-        if self._task is None:
-            raise self._not_fitted()
-        return self._task
+        self._require_fitted()
+        return str(self._task)
 
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Learn the reference label mix (or label distribution).
-
-        Parameters
-        ----------
-        reference
-            The reference events; ``labels`` (and ``predictions``, for ``task="auto"``) are used.
-
-        Returns
-        -------
-        LabelDriftDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has fewer than ``min_labelled`` labelled events, or ``task="regression"`` and
-            a label is not a number.
-        """
+        """Learn the reference label mix or label distribution from ``labels`` (and ``predictions``, for
+        ``task="auto"``); a ValueError if the reference has fewer than ``min_labelled`` labelled events, or
+        ``task="regression"`` and a label is not a number."""
         labels = [label for label in reference.labels if label is not None]
         if len(labels) < self.min_labelled:
             raise ValueError(
@@ -178,24 +162,8 @@ class LabelDriftDetector(Detector):
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test the label mix of the window's labelled events against the reference.
-
-        Parameters
-        ----------
-        window
-            The events of one window; only ``labels`` is used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
-        task = self._require_fitted()
+        """Test the label mix of the window's labelled events against the reference (uses ``labels``)."""
+        task = self.resolved_task
         n = len(window)
         labels = [label for label in window.labels if label is not None]
         if len(labels) < self.min_labelled:
@@ -218,11 +186,9 @@ class LabelDriftDetector(Detector):
         moved = sorted(
             (i for i in range(len(tests)) if adjusted[i] < self.alpha), key=lambda i: (tests[i].p_value, i)
         )
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p_value < self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p_value < self.alpha,
             statistic=tests[0].statistic,
             threshold=None,
             p_value=p_value,
@@ -265,11 +231,9 @@ class LabelDriftDetector(Detector):
         reference_median = float(np.median(self._values))
         window_median = float(np.median(values))
         std = float(self._values.std())
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p < self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p < self.alpha,
             statistic=d,
             threshold=ks_critical_value(self.alpha, self._values.size, values.size),
             p_value=p,
@@ -284,63 +248,29 @@ class LabelDriftDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The reference label mix (or sorted label values).
+    def _save_state(self) -> LabelDriftState:
+        return LabelDriftState(
+            task=self.resolved_task,
+            max_classes=self.max_classes,
+            classes=list(self._classes),
+            counts=self._counts,
+            values=self._values,
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        task = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "task": task,
-            "max_classes": self.max_classes,
-            "classes": list(self._classes),
-            "counts": self._counts.copy(),
-            "values": self._values.copy(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or does not match this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            task = str(state["task"])
-            max_classes = int(state["max_classes"])
-            classes = tuple(str(cls) for cls in state["classes"])
-            counts = np.asarray(state["counts"], dtype=np.int64)
-            values = np.asarray(state["values"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
+    def _load_state(self, state: LabelDriftState) -> None:
+        task, counts = state.task, state.counts
         if task not in ("classification", "regression") or (self.task != "auto" and task != self.task):
             raise ValueError(
                 f"{self.id}: the state is for task {task!r}, this detector has task={self.task!r}"
             )
-        if max_classes != self.max_classes:
-            raise ValueError(
-                f"{self.id}: the state was fitted with max_classes={max_classes}, "
-                f"this detector has max_classes={self.max_classes}"
-            )
-        if task == "classification" and (counts.shape != (len(classes) + 1,) or counts.sum() < 1):
-            raise ValueError(f"{self.id}: malformed state: {len(classes)} classes, counts {counts.shape}")
-        if task == "regression" and values.size < 1:
-            raise ValueError(f"{self.id}: malformed state: no reference label values")
+        if task == "classification" and (counts.shape != (len(state.classes) + 1,) or counts.sum() < 1):
+            raise self._malformed(f"{len(state.classes)} classes, counts {counts.shape}")
+        if task == "regression" and state.values.size < 1:
+            raise self._malformed("no reference label values")
         self._task = task
-        self._classes = classes
-        self._counts = counts.copy()
-        self._values = values.copy()
-        return self
+        self._classes = tuple(state.classes)
+        self._counts = counts
+        self._values = state.values
 
 
 def _label_counts(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:

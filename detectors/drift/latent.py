@@ -53,17 +53,17 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
 
-from detectors.anomaly import VAEAnomalyDetector
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors._checks import check_int
+from detectors.anomaly.vae import VAEAnomalyDetector, inner_vae_params
+from detectors.base import Batch, DetectionResult, Detector, Threat
+from detectors.state import DetectorState, Float32Array, Float64Array
 
-__all__ = ["GaussianRBF", "LatentDriftDetector", "MMDPermutationTest"]
-
-_STATE_VERSION = 1
+__all__ = ["GaussianRBF", "LatentDriftDetector", "LatentDriftState", "MMDPermutationTest"]
 
 
 class GaussianRBF:
@@ -140,15 +140,6 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum`` (bools refused), else a TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _minimum_permutations(alpha: float) -> int:
     """The fewest permutations with which a p-value ``(#exceeding + 1) / (n + 1)`` can be ``<= alpha``."""
     n = max(0, math.ceil(1.0 / alpha) - 2)
@@ -189,7 +180,18 @@ class MMDPermutationTest:
         return (self.n_exceeding + 1) / (self.permuted.size + 1)
 
 
-class LatentDriftDetector(Detector):
+@dataclass
+class LatentDriftState(DetectorState):
+    """The inner VAE's state, the reference codes of the test and the kernel bandwidth."""
+
+    vae: dict[str, Any]  # VAEAnomalyDetector.state_dict(), checked by its load_state_dict
+    reference_latent: Float64Array
+    # The kernel keeps log(sigma) as a float32 parameter: saved as such, it is restored exactly.
+    log_sigma: Float32Array
+    n_reference_events: int
+
+
+class LatentDriftDetector(Detector[LatentDriftState], id="latent_drift", threat=Threat.DRIFT):
     """Flags windows whose VAE latent codes are distributed differently from the reference's (MMD test).
 
     Parameters
@@ -214,23 +216,18 @@ class LatentDriftDetector(Detector):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn.datasets import load_digits
-    >>> digits = load_digits()
-    >>> order = np.random.default_rng(1).permutation(len(digits.data))
-    >>> def batch(ids):
-    ...     return Batch(event_ids=[f"e{i}" for i in ids],
-    ...                  features=[{f"px{j}": float(v) for j, v in enumerate(digits.data[i])} for i in ids])
-    >>> detector = LatentDriftDetector().fit(batch(order[:1000]))
-    >>> detector.evaluate(batch(order[1000:1300])).status.value
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
+    >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
+    >>> detector = LatentDriftDetector(vae=tiny, max_reference=200).fit(batch(rng.normal(size=(300, 4))))
+    >>> detector.evaluate(batch(rng.normal(size=(100, 4)))).status.value
     'ok'
-    >>> sevens = [i for i in order[1000:] if digits.target[i] == 7]  # 93 held-out sevens, nothing else
-    >>> result = detector.evaluate(batch(sevens))
+    >>> result = detector.evaluate(batch(rng.normal(3.0, size=(100, 4))))
     >>> result.status.value, round(result.p_value, 4)
     ('alert', 0.0099)
     """
-
-    id: ClassVar[str] = "latent_drift"
-    threat: ClassVar[Threat] = Threat.DRIFT
 
     def __init__(
         self,
@@ -253,7 +250,7 @@ class LatentDriftDetector(Detector):
             self.n_permutations: int | None = None
             self._permutations = max(_DEFAULT_PERMUTATIONS, needed)
         else:
-            self.n_permutations = _check_int("n_permutations", n_permutations, 1)
+            self.n_permutations = check_int("n_permutations", n_permutations, 1)
             if self.n_permutations < needed:
                 raise ValueError(
                     f"n_permutations must be >= {needed} for alpha={self.alpha}: the smallest p-value of "
@@ -261,23 +258,11 @@ class LatentDriftDetector(Detector):
                     "(or pass None to choose automatically)"
                 )
             self._permutations = self.n_permutations
-        self.max_reference = _check_int("max_reference", max_reference, 2)
-        self.min_events = _check_int("min_events", min_events, 2)
-        self.max_window = _check_int("max_window", max_window, self.min_events)
-        self.seed = _check_int("seed", seed, 0)
-        if vae is None:
-            vae = {}
-        if not isinstance(vae, Mapping):
-            raise TypeError(
-                f"vae must be a mapping of VAEAnomalyDetector parameters, got {type(vae).__name__}"
-            )
-        try:
-            inner = VAEAnomalyDetector(**vae)
-        except TypeError as error:
-            raise TypeError(f"vae: {error}") from error
-        except ValueError as error:
-            raise ValueError(f"vae: {error}") from error
-        self.vae: dict[str, Any] = inner.get_params()
+        self.max_reference = check_int("max_reference", max_reference, 2)
+        self.min_events = check_int("min_events", min_events, 2)
+        self.max_window = check_int("max_window", max_window, self.min_events)
+        self.seed = check_int("seed", seed, 0)
+        self.vae: dict[str, Any] = inner_vae_params(vae)
 
         # p <= alpha  <=>  fewer than this many permutations reach the observed MMD^2 (computed with the
         # same float expression as the p-value, so the two can never disagree).
@@ -294,18 +279,6 @@ class LatentDriftDetector(Detector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable); ``vae`` with every inner parameter spelt out."""
-        return {
-            "alpha": self.alpha,
-            "n_permutations": self.n_permutations,
-            "max_reference": self.max_reference,
-            "max_window": self.max_window,
-            "min_events": self.min_events,
-            "seed": self.seed,
-            "vae": dict(self.vae),
-        }
-
     @property
     def permutations(self) -> int:
         """The number of permutations the test draws (``n_permutations`` or the automatic choice)."""
@@ -313,18 +286,18 @@ class LatentDriftDetector(Detector):
 
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._vae is not None
 
-    def _require_fitted(self) -> tuple[VAEAnomalyDetector, GaussianRBF]:
-        if self._vae is None or self._kernel is None:
-            raise self._not_fitted()
+    def _encoder_and_kernel(self) -> tuple[VAEAnomalyDetector, GaussianRBF]:
+        """The fitted inner VAE and kernel."""
+        self._require_fitted()
+        assert self._vae is not None and self._kernel is not None  # both are set by fit and load
         return self._vae, self._kernel
 
     @property
     def encoder(self) -> VAEAnomalyDetector:
         """The inner, fitted VAE."""
-        return self._require_fitted()[0]
+        return self._encoder_and_kernel()[0]
 
     @property
     def reference_latent(self) -> np.ndarray:
@@ -335,28 +308,14 @@ class LatentDriftDetector(Detector):
     @property
     def sigma(self) -> float:
         """Bandwidth of the Gaussian kernel (median heuristic on the reference codes)."""
-        return float(self._require_fitted()[1].sigma)
+        return float(self._encoder_and_kernel()[1].sigma)
 
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Train the inner VAE, encode the reference and prepare the reference side of the MMD test.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``features`` is used.
-
-        Returns
-        -------
-        LatentDriftDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the inner VAE cannot be trained on the reference (too few events, no features).
-        """
+        """Train the inner VAE, encode the reference and prepare the reference side of the MMD test (only
+        ``features`` is used); a ValueError if the inner VAE cannot be trained on the reference (too few
+        events, no features)."""
         vae = VAEAnomalyDetector(**self.vae)
         try:
             vae.fit(reference)
@@ -411,7 +370,7 @@ class LatentDriftDetector(Detector):
         MMDPermutationTest
             The observed MMD^2 and the ``permutations`` permuted ones.
         """
-        kernel = self._require_fitted()[1]
+        kernel = self._encoder_and_kernel()[1]
         y = torch.from_numpy(np.ascontiguousarray(latent, dtype=np.float64))
         if y.ndim != 2 or y.shape[1] != self._reference.shape[1] or y.shape[0] < 2:
             raise ValueError(
@@ -450,25 +409,13 @@ class LatentDriftDetector(Detector):
         return MMDPermutationTest(mmd2=mmd2, permuted=permuted.numpy())
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test whether the window's latent codes come from the reference's distribution.
+        """Test whether the window's latent codes come from the reference's distribution (uses
+        ``event_ids`` and ``features``).
 
-        Parameters
-        ----------
-        window
-            The events of one window; only ``event_ids`` and ``features`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            ``statistic`` is the MMD^2, ``threshold`` the critical MMD^2 (the window alerts iff its MMD^2 is
-            above it), ``p_value`` the permutation p-value ``(#exceeding + 1) / (permutations + 1)``.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
+        ``statistic`` is the MMD^2, ``threshold`` the critical MMD^2 (the window alerts iff its MMD^2 is
+        above it), ``p_value`` the permutation p-value ``(#exceeding + 1) / (permutations + 1)``.
         """
-        vae, kernel = self._require_fitted()
+        vae, kernel = self._encoder_and_kernel()
         n = len(window)
         if n < self.min_events:
             return self.skipped(n, f"too few events: {n} < {self.min_events}")
@@ -492,11 +439,9 @@ class LatentDriftDetector(Detector):
         # the _alerting_counts-th largest permuted value.
         critical = float(np.sort(test.permuted)[::-1][self._alerting_counts - 1])
         p_value = test.p_value
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p_value <= self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p_value <= self.alpha,
             statistic=test.mmd2,
             threshold=critical,
             p_value=p_value,
@@ -515,45 +460,18 @@ class LatentDriftDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The inner VAE's state, the reference codes and the kernel bandwidth.
+    def _save_state(self) -> LatentDriftState:
+        vae, kernel = self._encoder_and_kernel()
+        return LatentDriftState(
+            vae=vae.state_dict(),
+            reference_latent=self._reference.numpy(),
+            log_sigma=kernel.log_sigma.detach().numpy(),
+            n_reference_events=self._n_reference_events,
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        vae, kernel = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "vae": vae.state_dict(),
-            "reference_latent": self._reference.numpy().copy(),
-            # The kernel keeps log(sigma) as a float32 parameter: saved as such, it is restored exactly.
-            "log_sigma": kernel.log_sigma.detach().numpy().copy(),
-            "n_reference_events": self._n_reference_events,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original's.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or does not fit this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            vae_state = state["vae"]
-            codes = np.asarray(state["reference_latent"], dtype=np.float64)
-            log_sigma = np.asarray(state["log_sigma"], dtype=np.float32).reshape(-1)
-            n_reference_events = int(state["n_reference_events"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        vae = VAEAnomalyDetector(**self.vae).load_state_dict(vae_state)
+    def _load_state(self, state: LatentDriftState) -> None:
+        vae = VAEAnomalyDetector(**self.vae).load_state_dict(state.vae)
+        codes, log_sigma = state.reference_latent, state.log_sigma.reshape(-1)
         if (
             codes.ndim != 2
             or codes.shape[1] != vae.latent_dim
@@ -564,11 +482,10 @@ class LatentDriftDetector(Detector):
                 f"(2..{self.max_reference}, {vae.latent_dim})"
             )
         if not np.isfinite(codes).all() or log_sigma.shape != (1,) or not np.isfinite(log_sigma).all():
-            raise ValueError(f"{self.id}: malformed state: non-finite reference codes or bandwidth")
+            raise self._malformed("non-finite reference codes or bandwidth")
         kernel = GaussianRBF()
         with torch.no_grad():
             kernel.log_sigma.copy_(torch.from_numpy(log_sigma))
         kernel.init_required = False
         self._set_reference(vae, kernel, codes, infer_sigma=False)
-        self._n_reference_events = n_reference_events
-        return self
+        self._n_reference_events = state.n_reference_events

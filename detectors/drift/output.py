@@ -24,17 +24,15 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat
 from detectors.drift._stats import (
     CORRECTIONS,
-    adjust_pvalues,
-    check_choice,
-    check_float,
-    check_int,
+    adjust_family,
     class_mix_tests,
     ks_test,
     parse_float,
@@ -42,10 +40,16 @@ from detectors.drift._stats import (
     predicted_class,
     top_score,
 )
+from detectors.state import (
+    HYPERPARAMETER,
+    DetectorState,
+    Float64Array,
+    Int64Array,
+    concatenate_ragged,
+    split_ragged,
+)
 
-__all__ = ["OutputDriftDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["OutputDriftDetector", "OutputDriftState"]
 
 # Share of the family's decision threshold below which KS p-values are left asymptotic (see ks_test).
 _EXACT_BAND_LOW = 0.01
@@ -105,7 +109,22 @@ class _Outcome:
     effect: dict[str, Any]
 
 
-class OutputDriftDetector(Detector):
+@dataclass
+class OutputDriftState(DetectorState):
+    """The reference predictions' summaries: class counts and sorted confidences, scores and values."""
+
+    n_reference: int
+    max_classes: Annotated[int, HYPERPARAMETER]
+    classes: list[str]
+    class_counts: Int64Array  # per class, then "other"
+    confidence: Float64Array
+    score_classes: list[str]
+    scores: Float64Array  # the score classes' sorted scores, concatenated
+    score_offsets: Int64Array
+    values: Float64Array
+
+
+class OutputDriftDetector(Detector[OutputDriftState], id="output_drift", threat=Threat.DRIFT):
     """Flags windows whose predicted classes, confidences, class scores or predicted values moved.
 
     Parameters
@@ -130,10 +149,19 @@ class OutputDriftDetector(Detector):
     ``effect``), most significant first; ``evidence["class_shares"]`` gives the reference and window
     shares of the most changed predicted classes, ``evidence["confidence"]`` the median top score in the
     reference and the window, ``evidence["value"]`` the same for predicted values.
-    """
 
-    id: ClassVar[str] = "output_drift"
-    threat: ClassVar[Threat] = Threat.DRIFT
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(share_of_a):
+    ...     labels = np.where(rng.random(300) < share_of_a, "a", "b")
+    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[],
+    ...                  predictions=[{"label": str(label)} for label in labels])
+    >>> detector = OutputDriftDetector().fit(batch(0.5))
+    >>> detector.evaluate(batch(0.5)).status.value, detector.evaluate(batch(0.8)).status.value
+    ('ok', 'alert')
+    """
 
     def __init__(
         self,
@@ -157,21 +185,8 @@ class OutputDriftDetector(Detector):
         self._scores: dict[str, np.ndarray] = {}  # sorted, per class
         self._values = np.empty(0, dtype=np.float64)  # sorted
 
-    # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "correction": self.correction,
-            "min_events": self.min_events,
-            "max_classes": self.max_classes,
-            "top_k": self.top_k,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._n_reference > 0
 
     @property
@@ -181,30 +196,11 @@ class OutputDriftDetector(Detector):
         class_tests = 1 + self._class_counts.size if self._class_counts.sum() > 0 else 0
         return class_tests + int(self._confidence.size > 0) + len(self._scores) + int(self._values.size > 0)
 
-    def _require_fitted(self) -> None:
-        if not self.fitted:
-            raise self._not_fitted()
-
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Summarise the reference predictions.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``predictions`` is used.
-
-        Returns
-        -------
-        OutputDriftDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If fewer than ``min_events`` reference events carry a usable prediction (a class or a value).
-        """
+        """Summarise the reference ``predictions``; a ValueError if fewer than ``min_events`` of them are
+        usable (carry a class or a value)."""
         everything = _outputs(reference.predictions, ())
         if everything.size < self.min_events:
             raise ValueError(
@@ -241,23 +237,7 @@ class OutputDriftDetector(Detector):
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test the window's predictions against the reference predictions.
-
-        Parameters
-        ----------
-        window
-            The events of one window; only ``predictions`` is used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test the window's ``predictions`` against the reference predictions."""
         self._require_fitted()
         n = len(window)
         if len(window.predictions) != n:
@@ -309,16 +289,12 @@ class OutputDriftDetector(Detector):
                 "median_shift": outcome.effect["median_shift"],
             }
 
-        raw = np.array([o.p_value for o in outcomes] + [1.0] * (m - len(outcomes)), dtype=np.float64)
-        adjusted = adjust_pvalues(raw, self.correction)[: len(outcomes)]
+        adjusted, p_value = adjust_family([o.p_value for o in outcomes], m, self.correction)
         moved = [i for i in range(len(outcomes)) if adjusted[i] < self.alpha]
         moved.sort(key=lambda i: (outcomes[i].p_value, i))
-        p_value = float(adjusted.min()) if outcomes else 1.0
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p_value < self.alpha else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=p_value < self.alpha,
             statistic=float(len(moved)),
             threshold=1.0,
             p_value=p_value,
@@ -343,81 +319,29 @@ class OutputDriftDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The reference summaries, as numpy arrays and JSON values.
-
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        self._require_fitted()
+    def _save_state(self) -> OutputDriftState:
         score_classes = list(self._scores)
-        sizes = [self._scores[cls].size for cls in score_classes]
-        return {
-            "version": _STATE_VERSION,
-            "n_reference": self._n_reference,
-            "max_classes": self.max_classes,
-            "classes": list(self._classes),
-            "class_counts": self._class_counts.copy(),
-            "confidence": self._confidence.copy(),
-            "score_classes": score_classes,
-            "scores": np.concatenate([self._scores[cls] for cls in score_classes])
-            if score_classes
-            else np.empty(0, dtype=np.float64),
-            "score_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            "values": self._values.copy(),
-        }
+        return OutputDriftState(
+            self._n_reference,
+            self.max_classes,
+            list(self._classes),
+            self._class_counts,
+            self._confidence,
+            score_classes,
+            *concatenate_ragged([self._scores[cls] for cls in score_classes]),
+            values=self._values,
+        )
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or built with another ``max_classes``.
-        """
-        try:
-            version = state["version"]
-            n_reference = int(state["n_reference"])
-            max_classes = int(state["max_classes"])
-            classes = tuple(str(cls) for cls in state["classes"])
-            class_counts = np.asarray(state["class_counts"], dtype=np.int64)
-            confidence = np.asarray(state["confidence"], dtype=np.float64)
-            score_classes = [str(cls) for cls in state["score_classes"]]
-            scores = np.asarray(state["scores"], dtype=np.float64)
-            offsets = np.asarray(state["score_offsets"], dtype=np.int64)
-            values = np.asarray(state["values"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        if max_classes != self.max_classes:
-            raise ValueError(
-                f"{self.id}: the state was fitted with max_classes={max_classes}, "
-                f"this detector has max_classes={self.max_classes}"
-            )
-        k = len(score_classes)
-        if (
-            n_reference < 1
-            or class_counts.shape != (len(classes) + 1,)
-            or offsets.shape != (k + 1,)
-            or offsets[0] != 0
-            or offsets[-1] != scores.size
-            or np.any(np.diff(offsets) < 0)
-        ):
-            raise ValueError(f"{self.id}: malformed state: inconsistent summaries")
-        self._n_reference = n_reference
-        self._classes = classes
-        self._class_counts = class_counts.copy()
-        self._confidence = confidence.copy()
-        self._scores = {
-            cls: scores[offsets[i] : offsets[i + 1]].copy() for i, cls in enumerate(score_classes)
-        }
-        self._values = values.copy()
-        return self
+    def _load_state(self, state: OutputDriftState) -> None:
+        scores = split_ragged(state.scores, state.score_offsets, len(state.score_classes))
+        if state.n_reference < 1 or state.class_counts.shape != (len(state.classes) + 1,):
+            raise self._malformed("inconsistent summaries")
+        self._n_reference = state.n_reference
+        self._classes = tuple(state.classes)
+        self._class_counts = state.class_counts
+        self._confidence = state.confidence
+        self._scores = dict(zip(state.score_classes, scores, strict=True))
+        self._values = state.values
 
 
 def _class_counts(classes: Sequence[str | None], known: Sequence[str]) -> np.ndarray:

@@ -23,28 +23,25 @@ test (window larger), with the normal approximation and tie correction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat
 from detectors.drift._stats import (
     TASKS,
-    check_choice,
-    check_float,
-    check_int,
     excess_test,
     infer_task,
     parse_float,
     plain,
     predicted_class,
 )
+from detectors.state import DetectorState, Float64Array
 
-__all__ = ["PerformanceDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["PerformanceDetector", "PerformanceState"]
 
 # Separates true and predicted class in the keys of the stored confusion counts (JSON keys are strings).
 _PAIR_SEPARATOR = "\x1f"
@@ -83,7 +80,18 @@ def _absolute_errors(batch: Batch) -> tuple[np.ndarray, int]:
     return np.array(errors, dtype=np.float64), unusable
 
 
-class PerformanceDetector(Detector):
+@dataclass
+class PerformanceState(DetectorState):
+    """The reference's error count and confusion pairs (classification) or sorted absolute errors."""
+
+    task: str
+    n_reference: int
+    errors: int
+    confusion: dict[str, int]  # "true\x1fpredicted" -> count, errors only
+    absolute_errors: Float64Array
+
+
+class PerformanceDetector(Detector[PerformanceState], id="performance", threat=Threat.INTEGRITY):
     """Flags windows whose labelled events show a lower accuracy (or larger errors) than the reference.
 
     Parameters
@@ -108,10 +116,21 @@ class PerformanceDetector(Detector):
     ``count``, ``expected``). Regression: ``statistic`` is the window's median absolute error, ``threshold``
     None; ``evidence`` holds the median and mean absolute errors of reference and window, ``n_labelled``
     and the Mann-Whitney ``u``.
-    """
 
-    id: ClassVar[str] = "performance"
-    threat: ClassVar[Threat] = Threat.INTEGRITY
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(accuracy):
+    ...     truth = rng.choice(["a", "b"], 300)
+    ...     right = rng.random(300) < accuracy
+    ...     predicted = np.where(right, truth, np.where(truth == "a", "b", "a"))
+    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[],
+    ...                  predictions=[{"label": str(p)} for p in predicted], labels=[str(t) for t in truth])
+    >>> detector = PerformanceDetector().fit(batch(0.95))
+    >>> detector.evaluate(batch(0.95)).status.value, detector.evaluate(batch(0.8)).status.value
+    ('ok', 'alert')
+    """
 
     def __init__(
         self, *, alpha: float = 0.01, min_labelled: int = 30, task: str = "auto", top_k: int = 5
@@ -127,26 +146,15 @@ class PerformanceDetector(Detector):
         self._confusion: dict[str, int] = {}  # "true\x1fpredicted" -> count, errors only
         self._absolute_errors = np.empty(0, dtype=np.float64)  # sorted (regression)
 
-    # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "min_labelled": self.min_labelled,
-            "task": self.task,
-            "top_k": self.top_k,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._task is not None
 
     @property
     def resolved_task(self) -> str:
         """``"classification"`` or ``"regression"``, as decided at ``fit``."""
-        return self._require_fitted()
+        self._require_fitted()
+        return str(self._task)
 
     @property
     def reference_accuracy(self) -> float:
@@ -154,32 +162,14 @@ class PerformanceDetector(Detector):
         self._require_fitted()
         return 1.0 - self._errors / self._n_reference
 
-    def _require_fitted(self) -> str:
-        if self._task is None:
-            raise self._not_fitted()
-        return self._task
-
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Measure the reference accuracy (or absolute errors).
+        """Measure the reference accuracy (or absolute errors) from ``predictions`` and ``labels``; a
+        ValueError if fewer than ``min_labelled`` reference events have both.
 
-        Parameters
-        ----------
-        reference
-            The reference events; ``predictions`` and ``labels`` are used. The reference predictions must
-            come from data the model was not trained on, or its accuracy is optimistic and every window
-            will look worse.
-
-        Returns
-        -------
-        PerformanceDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If fewer than ``min_labelled`` reference events have both a prediction and a label.
+        The reference predictions must come from data the model was not trained on, or its accuracy is
+        optimistic and every window will look worse.
         """
         task = self.task if self.task != "auto" else infer_task(reference.labels, reference.predictions)
         if task == "regression":
@@ -236,25 +226,9 @@ class PerformanceDetector(Detector):
         return high
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test whether the window's labelled events are predicted worse than the reference's.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``predictions`` and ``labels`` are used (``features`` may be empty).
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
-        task = self._require_fitted()
-        if task == "regression":
+        """Test whether the window's labelled events are predicted worse than the reference's (uses
+        ``predictions`` and ``labels``; ``features`` may be empty)."""
+        if self.resolved_task == "regression":
             return self._evaluate_regression(window)
         return self._evaluate_classification(window)
 
@@ -273,11 +247,9 @@ class PerformanceDetector(Detector):
             expected = n * self._confusion.get(f"{true}{_PAIR_SEPARATOR}{pred}", 0) / self._n_reference
             growth.append((count - expected, true, pred, count, expected))
         growth.sort(key=lambda item: (-item[0], item[1], item[2]))
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p < self.alpha else Status.OK,
-            n_events=n_events,
+        return self.result(
+            n_events,
+            alert=p < self.alpha,
             statistic=(n - errors) / n,
             threshold=None if critical is None else (n - critical) / n,
             p_value=p,
@@ -306,11 +278,9 @@ class PerformanceDetector(Detector):
         )
         p = float(result.pvalue)
         median = float(np.median(errors))
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if p < self.alpha else Status.OK,
-            n_events=n_events,
+        return self.result(
+            n_events,
+            alert=p < self.alpha,
             statistic=median,
             threshold=None,
             p_value=p,
@@ -328,59 +298,26 @@ class PerformanceDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Reference error counts and confusion pairs (or sorted absolute errors).
+    def _save_state(self) -> PerformanceState:
+        return PerformanceState(
+            self.resolved_task, self._n_reference, self._errors, dict(self._confusion), self._absolute_errors
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        task = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "task": task,
-            "n_reference": self._n_reference,
-            "errors": self._errors,
-            "confusion": dict(self._confusion),
-            "absolute_errors": self._absolute_errors.copy(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or for another task than this detector's.
-        """
-        try:
-            version = state["version"]
-            task = str(state["task"])
-            n_reference = int(state["n_reference"])
-            errors = int(state["errors"])
-            confusion = {str(key): int(count) for key, count in dict(state["confusion"]).items()}
-            absolute_errors = np.asarray(state["absolute_errors"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
+    def _load_state(self, state: PerformanceState) -> None:
+        task = state.task
         if task not in ("classification", "regression") or (self.task != "auto" and task != self.task):
             raise ValueError(
                 f"{self.id}: the state is for task {task!r}, this detector has task={self.task!r}"
             )
         consistent = (
-            absolute_errors.size == n_reference
+            state.absolute_errors.size == state.n_reference
             if task == "regression"
-            else 0 <= errors <= n_reference and sum(confusion.values()) == errors
+            else 0 <= state.errors <= state.n_reference and sum(state.confusion.values()) == state.errors
         )
-        if n_reference < 1 or not consistent:
-            raise ValueError(f"{self.id}: malformed state: inconsistent reference counts")
+        if state.n_reference < 1 or not consistent:
+            raise self._malformed("inconsistent reference counts")
         self._task = task
-        self._n_reference = n_reference
-        self._errors = errors
-        self._confusion = confusion
-        self._absolute_errors = absolute_errors.copy()
-        return self
+        self._n_reference = state.n_reference
+        self._errors = state.errors
+        self._confusion = state.confusion
+        self._absolute_errors = state.absolute_errors

@@ -16,6 +16,9 @@ fails that test although none is attacking. A client is therefore flagged only i
 the other clients of the same window: :func:`rank_sum_p_values` compares a client's per-event scores with
 every other event of the window, :func:`peer_robust_z` and :func:`peer_p_values` compare one number per
 client with the other clients' numbers. Both tests are one-sided (the client is *more* extreme).
+
+The module stays just above 500 lines: the bounded store, the peer tests and the base class of the
+per-client detectors are what ``evasion``, ``extraction`` and ``probing`` share, kept in one place.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.base import Batch, DetectionResult, Detector, Status
+from detectors._checks import check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, StateT
 from detectors.encoding import FeatureSchema
 
 __all__ = [
@@ -396,13 +400,13 @@ def rank_sum_p_values(scores: np.ndarray, members: Sequence[np.ndarray]) -> np.n
     return p_values
 
 
-class ClientHistoryDetector(Detector):
+class ClientHistoryDetector(Detector[StateT]):
     """What ``extraction`` and ``probing`` share: a fitted feature encoding and a bounded store of
     per-client query histories that ``evaluate`` extends (hence ``stateful``).
 
-    Subclasses set ``max_clients``, ``max_history`` and ``idle_expiry`` in ``__init__`` and call
-    :meth:`_init_histories` there; ``fit`` and ``load_state_dict`` install the schema and a store with
-    :meth:`_new_store` or :meth:`_restore_store`.
+    Subclasses pass their ``max_history``, ``max_clients`` and ``idle_expiry`` arguments to
+    :meth:`_init_histories` in ``__init__``; ``fit`` and ``load_state_dict`` install the schema and a store
+    with :meth:`_new_store` or :meth:`_restore_store`.
     """
 
     stateful = True
@@ -410,13 +414,19 @@ class ClientHistoryDetector(Detector):
     max_history: int
     idle_expiry: float
 
-    def _init_histories(self) -> None:
+    def _init_histories(
+        self, max_history: int, max_clients: int, idle_expiry: float, *, min_history: int
+    ) -> None:
+        """Check and store the bounds of the client histories (``max_history >= min_history``); no history
+        is kept before ``fit``."""
+        self.max_history = check_int("max_history", max_history, min_history)
+        self.max_clients = check_int("max_clients", max_clients, 1)
+        self.idle_expiry = check_float("idle_expiry", idle_expiry, 0.0, math.inf)
         self._schema: FeatureSchema | None = None
         self._clients = ClientHistories(1, max_clients=1, max_history=1, idle_expiry=1.0)
 
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._schema is not None
 
     @property
@@ -425,9 +435,10 @@ class ClientHistoryDetector(Detector):
         self._require_fitted()
         return self._clients
 
-    def _require_fitted(self) -> FeatureSchema:
-        if self._schema is None:
-            raise self._not_fitted()
+    def _fitted_schema(self) -> FeatureSchema:
+        """The feature encoding learnt at ``fit``."""
+        self._require_fitted()
+        assert self._schema is not None  # fitted means a schema
         return self._schema
 
     def _new_store(self, dim: int) -> ClientHistories:
@@ -444,7 +455,7 @@ class ClientHistoryDetector(Detector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        schema = self._require_fitted()
+        schema = self._fitted_schema()
         n = len(window)
         if n == 0:
             return self.skipped(0, "empty window")
@@ -458,18 +469,19 @@ class ClientHistoryDetector(Detector):
         self._clients.expire(float(np.max(window.timestamps)))
         return encoded
 
-    def _restore_store(self, schema: FeatureSchema, state: Mapping[str, Any]) -> ClientHistories:
-        """The client histories saved under ``state["clients"]``, checked against this detector's limits."""
+    def _restore_store(self, schema: FeatureSchema, clients: Mapping[str, Any]) -> ClientHistories:
+        """The client histories saved by ``ClientHistories.state_dict``, checked against this detector's
+        limits."""
         store = self._new_store(schema.dim)
         try:
-            store.load_state_dict(state["clients"])
+            store.load_state_dict(clients)
         except (KeyError, ValueError) as error:
             raise ValueError(f"{self.id}: {error}") from error
         return store
 
 
 def client_result(
-    detector: Detector,
+    detector: Detector[Any],
     n_events: int,
     top: Mapping[str, Any],
     flagged: bool,
@@ -486,11 +498,9 @@ def client_result(
     """
     if not flagged:
         evidence["most_significant"] = {key: value for key, value in top.items() if key != "subject"}
-    return DetectionResult(
-        detector=detector.id,
-        threat=detector.threat,
-        status=Status.ALERT if flagged else Status.OK,
-        n_events=n_events,
+    return detector.result(
+        n_events,
+        alert=flagged,
         statistic=top["statistic"],
         threshold=top["threshold"] if threshold is None else threshold,
         p_value=top["p_value"],

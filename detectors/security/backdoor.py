@@ -41,24 +41,37 @@ mix of fresh events' upper tail, and digits' clean windows alerted 12 % of the t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
 
 import numpy as np
 from scipy import stats
 
-from detectors.anomaly import VAEAnomalyDetector
-from detectors.base import Batch, DetectionResult, Detector, EventScore, Status, Threat, as_float_array
-from detectors.drift._stats import check_float, check_int, plain, predicted_class
+from detectors._checks import check_float, check_int
+from detectors.anomaly.vae import VAEAnomalyDetector, inner_vae_params
+from detectors.base import Batch, DetectionResult, Detector, EventScore, Threat, as_float_array
+from detectors.drift._stats import plain, predicted_class
 from detectors.security._poisoning import MAX_IDS, bounded_ids, holm
+from detectors.state import HYPERPARAMETER, DetectorState, Int64Array
 
 __all__ = ["BackdoorDetector"]
 
-_STATE_VERSION = 1
 
 _OTHER = "other"  # predicted classes unseen in the reference
 
 
-class BackdoorDetector(Detector):
+@dataclass
+class BackdoorState(DetectorState):
+    """The inner VAE's state and the reference's per-class event counts, and counts above the quantile."""
+
+    vae: dict[str, Any]  # VAEAnomalyDetector.state_dict(), checked by its load_state_dict
+    classes: list[str]
+    reference_counts: Int64Array
+    reference_above: Int64Array
+    propensity_quantile: Annotated[float, HYPERPARAMETER]
+
+
+class BackdoorDetector(Detector[BackdoorState], id="backdoor", threat=Threat.BACKDOOR):
     """Flags a predicted class that receives far more of the window's anomalous inputs than it should.
 
     Parameters
@@ -91,10 +104,24 @@ class BackdoorDetector(Detector):
     ``anomalous``, ``expected``, ``n_class``, ``p_value``, ``threshold`` (``alpha``), ``event_ids`` (its
     anomalous events, highest score first, at most 20) and, with embeddings, ``spectral``).
     ``event_scores`` lists the flagged classes' anomalous events, highest score first.
-    """
 
-    id: ClassVar[str] = "backdoor"
-    threat: ClassVar[Threat] = Threat.BACKDOOR
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x],
+    ...                  predictions=[{"label": "a" if row[0] > 0 else "b"} for row in x])
+    >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
+    >>> detector = BackdoorDetector(vae=tiny).fit(batch(rng.normal(size=(300, 4))))
+    >>> detector.evaluate(batch(rng.normal(size=(200, 4)))).status.value
+    'ok'
+    >>> triggered = rng.normal(size=(20, 4)) * [0.2, 1, 1, 1] + [1, 0, 0, 6]  # a trigger in x3, all class "a"
+    >>> result = detector.evaluate(batch(np.vstack([rng.normal(size=(180, 4)), triggered])))
+    >>> result.status.value, result.evidence["subjects"]
+    ('alert', ['class=a'])
+    """
 
     def __init__(
         self,
@@ -119,19 +146,7 @@ class BackdoorDetector(Detector):
             raise ValueError(f"prior_events must be a number in [0, 1e9), got {prior_events!r}")
         self.prior_events = float(prior_events)
         self.seed = check_int("seed", seed, 0)
-        if vae is None:
-            vae = {}
-        if not isinstance(vae, Mapping):
-            raise TypeError(
-                f"vae must be a mapping of VAEAnomalyDetector parameters, got {type(vae).__name__}"
-            )
-        try:
-            inner = VAEAnomalyDetector(**{"seed": self.seed, **vae})
-        except TypeError as error:
-            raise TypeError(f"vae: {error}") from error
-        except ValueError as error:
-            raise ValueError(f"vae: {error}") from error
-        self.vae: dict[str, Any] = inner.get_params()
+        self.vae: dict[str, Any] = inner_vae_params(vae, seed=self.seed)
 
         self._vae: VAEAnomalyDetector | None = None
         self._classes: tuple[str, ...] = ()
@@ -141,27 +156,9 @@ class BackdoorDetector(Detector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable); ``vae`` with every inner parameter spelt out."""
-        return {
-            "alpha": self.alpha,
-            "min_events": self.min_events,
-            "min_anomalous": self.min_anomalous,
-            "propensity_quantile": self.propensity_quantile,
-            "prior_events": self.prior_events,
-            "seed": self.seed,
-            "vae": dict(self.vae),
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._vae is not None
-
-    @property
-    def anomaly_detector(self) -> VAEAnomalyDetector:
-        """The inner, fitted VAE."""
-        return self._require_fitted()
 
     @property
     def propensity(self) -> dict[str, float]:
@@ -169,9 +166,10 @@ class BackdoorDetector(Detector):
         self._require_fitted()
         return {cls: float(p) for cls, p in zip(self._classes, self._propensity, strict=False)}
 
-    def _require_fitted(self) -> VAEAnomalyDetector:
-        if self._vae is None:
-            raise self._not_fitted()
+    def _inner_vae(self) -> VAEAnomalyDetector:
+        """The fitted inner VAE."""
+        self._require_fitted()
+        assert self._vae is not None  # fitted means an inner VAE
         return self._vae
 
     # ------------------------------------------------------------------ fitting
@@ -244,7 +242,7 @@ class BackdoorDetector(Detector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        vae = self._require_fitted()
+        vae = self._inner_vae()
         n = len(window)
         if n < self.min_events:
             return self.skipped(n, f"too few events: {n} < {self.min_events}")
@@ -303,11 +301,9 @@ class BackdoorDetector(Detector):
             findings.append(finding)
         top_class = int(present[best])
         flagged_events.sort(key=lambda i: -scores[i])
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if flagged else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=bool(flagged),
             statistic=anomalous_per_class[top_class] / total if total else 0.0,
             threshold=None,
             p_value=float(adjusted[best]),
@@ -333,59 +329,29 @@ class BackdoorDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The inner VAE's state (under ``"vae"``) and the reference's per-class counts.
+    def _save_state(self) -> BackdoorState:
+        return BackdoorState(
+            vae=self._inner_vae().state_dict(),
+            classes=list(self._classes),
+            reference_counts=self._reference_counts,
+            reference_above=self._reference_above,
+            propensity_quantile=self.propensity_quantile,
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        vae = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "vae": vae.state_dict(),
-            "classes": list(self._classes),
-            "reference_counts": self._reference_counts.copy(),
-            "reference_above": self._reference_above.copy(),
-            "propensity_quantile": self.propensity_quantile,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original's.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or does not fit this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            vae_state = state["vae"]
-            classes = tuple(str(cls) for cls in state["classes"])
-            counts = np.asarray(state["reference_counts"], dtype=np.int64)
-            above = np.asarray(state["reference_above"], dtype=np.int64)
-            quantile = float(state["propensity_quantile"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        if quantile != self.propensity_quantile:
-            raise ValueError(
-                f"{self.id}: the state was fitted with propensity_quantile={quantile}, "
-                f"this detector has propensity_quantile={self.propensity_quantile}"
-            )
-        if not classes or counts.shape != (len(classes),) or above.shape != counts.shape or counts.sum() < 1:
-            raise ValueError(f"{self.id}: malformed state: {len(classes)} classes, counts {counts.shape}")
-        vae = VAEAnomalyDetector(**self.vae).load_state_dict(vae_state)
-        self._vae = vae
-        self._classes = classes
-        self._reference_counts = counts.copy()
-        self._reference_above = above.copy()
+    def _load_state(self, state: BackdoorState) -> None:
+        counts, above = state.reference_counts, state.reference_above
+        if (
+            not state.classes
+            or counts.shape != (len(state.classes),)
+            or above.shape != counts.shape
+            or counts.sum() < 1
+        ):
+            raise self._malformed(f"{len(state.classes)} classes, counts {counts.shape}")
+        self._vae = VAEAnomalyDetector(**self.vae).load_state_dict(state.vae)
+        self._classes = tuple(state.classes)
+        self._reference_counts = counts
+        self._reference_above = above
         self._propensity = self._propensities(counts, above)
-        return self
 
 
 # ---------------------------------------------------------------------------------------------- helpers

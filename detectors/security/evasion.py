@@ -42,19 +42,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 from scipy import stats
 
-from detectors.anomaly.vae import VAEAnomalyDetector
+from detectors._checks import check_float, check_int
+from detectors.anomaly.vae import VAEAnomalyDetector, inner_vae_params
 from detectors.base import Batch, DetectionResult, Detector, Threat
-from detectors.drift._stats import check_float, check_int, parse_float, plain
+from detectors.drift._stats import parse_float, plain
 from detectors.security._clients import MIN_PEERS, client_result, rank_sum_p_values
+from detectors.state import DetectorState
 
-__all__ = ["EvasionDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["EvasionDetector", "EvasionState"]
 
 # Evidence lists at most this many event ids per finding.
 _MAX_IDS = 20
@@ -83,7 +84,19 @@ def _top_two(predictions: Sequence[Mapping[str, Any]], n: int) -> tuple[np.ndarr
     return top, margin
 
 
-class EvasionDetector(Detector):
+@dataclass
+class EvasionState(DetectorState):
+    """The confidence cuts, the suspicious count of the held-out calibration events and the inner VAE."""
+
+    params: dict[str, Any]  # the quantiles and calibration share the cuts and counts depend on
+    confidence_cut: float
+    margin_cut: float
+    n_calibration: int
+    n_suspicious: int
+    vae: dict[str, Any]  # VAEAnomalyDetector.state_dict(), checked by its load_state_dict
+
+
+class EvasionDetector(Detector[EvasionState], id="evasion", threat=Threat.ROBUSTNESS):
     """Flags clients sending anomalous inputs that the model answers confidently or with a near tie.
 
     Parameters
@@ -119,10 +132,30 @@ class EvasionDetector(Detector):
     events (at most 20, most anomalous first). ``evidence["clients_shifted_with_peers"]`` counts the clients
     anomalous against the reference that did not stand out from their peers: many of them mean the
     population shifted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x, clients, confidence):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x],
+    ...                  predictions=[{"label": "a", "scores": {"a": c, "b": 1 - c}} for c in confidence])
+    >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
+    >>> reference = batch(rng.normal(size=(400, 4)), [None] * 400, rng.uniform(0.5, 1, 400))
+    >>> detector = EvasionDetector(vae=tiny).fit(reference)
+    >>> clients = [f"c{i % 8}" for i in range(160)]
+    >>> detector.evaluate(batch(rng.normal(size=(160, 4)), clients, rng.uniform(0.5, 1, 160))).status.value
+    'ok'
+    >>> x = rng.normal(size=(160, 4))
+    >>> x[:20] += [0, 0, 0, 6]  # client c0 sends 20 off-distribution inputs, answered with conviction
+    >>> confidence = np.where(np.arange(160) < 20, 0.99, rng.uniform(0.5, 1, 160))
+    >>> result = detector.evaluate(batch(x, ["c0"] * 20 + clients[20:], confidence))
+    >>> result.status.value, result.evidence["subjects"]
+    ('alert', ['c0'])
     """
 
-    id: ClassVar[str] = "evasion"
-    threat: ClassVar[Threat] = Threat.ROBUSTNESS
+    calibrated_with = ("confidence_quantile", "margin_quantile", "calibration_share")
 
     def __init__(
         self,
@@ -143,19 +176,7 @@ class EvasionDetector(Detector):
         self.calibration_share = check_float("calibration_share", calibration_share, 0.0, 0.5)
         self.min_queries = check_int("min_queries", min_queries, 1)
         self.seed = check_int("seed", seed, 0)
-        if vae is None:
-            vae = {}
-        if not isinstance(vae, Mapping):
-            raise TypeError(
-                f"vae must be a mapping of VAEAnomalyDetector parameters, got {type(vae).__name__}"
-            )
-        try:
-            inner = VAEAnomalyDetector(**{"seed": self.seed, "quantile": _VAE_QUANTILE, **vae})
-        except TypeError as error:
-            raise TypeError(f"vae: {error}") from error
-        except ValueError as error:
-            raise ValueError(f"vae: {error}") from error
-        self.vae: dict[str, Any] = inner.get_params()
+        self.vae: dict[str, Any] = inner_vae_params(vae, seed=self.seed, quantile=_VAE_QUANTILE)
 
         self._vae: VAEAnomalyDetector | None = None
         self._confidence_cut = math.nan
@@ -165,27 +186,14 @@ class EvasionDetector(Detector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable); ``vae`` with every inner parameter spelt out."""
-        return {
-            "alpha": self.alpha,
-            "min_peers": self.min_peers,
-            "confidence_quantile": self.confidence_quantile,
-            "margin_quantile": self.margin_quantile,
-            "calibration_share": self.calibration_share,
-            "min_queries": self.min_queries,
-            "seed": self.seed,
-            "vae": dict(self.vae),
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._vae is not None
 
-    def _require_fitted(self) -> VAEAnomalyDetector:
-        if self._vae is None:
-            raise self._not_fitted()
+    def _inner_vae(self) -> VAEAnomalyDetector:
+        """The fitted inner VAE."""
+        self._require_fitted()
+        assert self._vae is not None  # fitted means an inner VAE
         return self._vae
 
     @property
@@ -256,7 +264,7 @@ class EvasionDetector(Detector):
         self, scores: np.ndarray, top: np.ndarray, margin: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per event: suspicious, anomalous, confident and near-tie flags (NaN scores compare False)."""
-        anomalous = scores > self._require_fitted().score_threshold
+        anomalous = scores > self._inner_vae().score_threshold
         confident = top >= self._confidence_cut
         near_tie = margin <= self._margin_cut
         return anomalous & (confident | near_tie), anomalous, confident, near_tie
@@ -282,7 +290,7 @@ class EvasionDetector(Detector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        vae = self._require_fitted()
+        vae = self._inner_vae()
         n = len(window)
         if n == 0:
             return self.skipped(0, "empty window")
@@ -366,75 +374,27 @@ class EvasionDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The inner VAE's state (under ``"vae"``), the confidence cuts and the calibration counts.
+    def _save_state(self) -> EvasionState:
+        return EvasionState(
+            params=self._calibration(),
+            confidence_cut=self._confidence_cut,
+            margin_cut=self._margin_cut,
+            n_calibration=self._n_calibration,
+            n_suspicious=self._n_suspicious,
+            vae=self._inner_vae().state_dict(),
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        vae = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "params": {
-                "confidence_quantile": self.confidence_quantile,
-                "margin_quantile": self.margin_quantile,
-                "calibration_share": self.calibration_share,
-            },
-            "confidence_cut": self._confidence_cut,
-            "margin_cut": self._margin_cut,
-            "n_calibration": self._n_calibration,
-            "n_suspicious": self._n_suspicious,
-            "vae": vae.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version or calibrated with other parameters.
-        """
-        try:
-            version = state["version"]
-            params = dict(state["params"])
-            confidence_cut = float(state["confidence_cut"])
-            margin_cut = float(state["margin_cut"])
-            n_calibration = int(state["n_calibration"])
-            n_suspicious = int(state["n_suspicious"])
-            vae_state = state["vae"]
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
+    def _load_state(self, state: EvasionState) -> None:
+        self._check_calibration(state.params)
+        if not 0 <= state.n_suspicious < state.n_calibration:
+            raise self._malformed(
+                f"{state.n_suspicious} suspicious of {state.n_calibration} calibration events"
             )
-        expected = {
-            "confidence_quantile": self.confidence_quantile,
-            "margin_quantile": self.margin_quantile,
-            "calibration_share": self.calibration_share,
-        }
-        if params != expected:
-            raise ValueError(
-                f"{self.id}: the state was calibrated with {params}, this detector has {expected}"
-            )
-        if not 0 <= n_suspicious < n_calibration:
-            raise ValueError(
-                f"{self.id}: malformed state: {n_suspicious} suspicious of {n_calibration} calibration events"
-            )
-        vae = VAEAnomalyDetector(**self.vae)
-        try:
-            vae.load_state_dict(vae_state)
-        except ValueError as error:
-            raise ValueError(f"{self.id}: {error}") from error
-        self._vae = vae
-        self._confidence_cut = confidence_cut
-        self._margin_cut = margin_cut
-        self._n_calibration = n_calibration
-        self._n_suspicious = n_suspicious
-        return self
+        self._vae = VAEAnomalyDetector(**self.vae).load_state_dict(state.vae)
+        self._confidence_cut = state.confidence_cut
+        self._margin_cut = state.margin_cut
+        self._n_calibration = state.n_calibration
+        self._n_suspicious = state.n_suspicious
 
 
 def _critical_share(n: int, level: float, beta: tuple[int, int]) -> float | None:

@@ -51,14 +51,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 from scipy import stats
 
+from detectors._checks import check_float, check_int
 from detectors.base import Batch, DetectionResult, Threat
-from detectors.drift._stats import check_float, check_int, plain
+from detectors.drift._stats import plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
     MIN_PEERS,
@@ -71,10 +72,9 @@ from detectors.security._clients import (
     pseudo_client_streams,
     robust_z,
 )
+from detectors.state import DetectorState, Float64Array, Int64Array
 
-__all__ = ["ExtractionDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["ExtractionDetector", "ExtractionState"]
 
 # Evidence lists at most this many event ids per finding.
 _MAX_IDS = 20
@@ -121,7 +121,25 @@ def _coverage(queries: np.ndarray, reference_range: np.ndarray) -> float:
     return float(np.minimum(spanned, 1.0).mean())
 
 
-class ExtractionDetector(ClientHistoryDetector):
+@dataclass
+class ExtractionState(DetectorState):
+    """The encoding, the calibration of both signals per checkpoint, and the client histories."""
+
+    params: dict[str, Any]  # min_queries and max_history, which the calibration depends on
+    schema: dict[str, Any]  # FeatureSchema.state_dict()
+    checkpoints: Int64Array
+    w_mean: Float64Array
+    w_sd: Float64Array
+    level_mean: Float64Array
+    level_sd: Float64Array
+    coverage: Float64Array
+    reference_range: Float64Array
+    clients: dict[str, Any]  # ClientHistories.state_dict()
+
+
+class ExtractionDetector(
+    ClientHistoryDetector[ExtractionState], id="extraction", threat=Threat.CONFIDENTIALITY
+):
     """Flags clients whose query pattern looks like model extraction (PRADA, plus a distance-level test).
 
     Parameters
@@ -165,10 +183,28 @@ class ExtractionDetector(ClientHistoryDetector):
 
     Memory: at most ``max_clients * max_history * (4 * dim + 8)`` bytes of histories, ``dim`` the encoded
     width (two columns per numeric feature).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x, clients):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
+    ...                  timestamps=[float(i) for i in range(len(x))],
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
+    >>> detector = ExtractionDetector(alpha=0.05, min_queries=20, n_calibration=40)
+    >>> detector = detector.fit(batch(rng.normal(size=(300, 4)), [None] * 300))
+    >>> clients = [f"c{i % 6}" for i in range(180)]
+    >>> detector.evaluate(batch(rng.normal(size=(180, 4)), clients)).status.value
+    'ok'
+    >>> stealing = rng.uniform(-20, 20, size=(60, 4))  # synthetic queries spread far over the input space
+    >>> window = batch(np.vstack([stealing, rng.normal(size=(180, 4))]), ["thief"] * 60 + clients)
+    >>> result = detector.evaluate(window)
+    >>> result.status.value, result.evidence["subjects"], result.evidence["findings"][0]["signal"]
+    ('alert', ['thief'], 'distance')
     """
 
-    id: ClassVar[str] = "extraction"
-    threat: ClassVar[Threat] = Threat.CONFIDENTIALITY
+    calibrated_with = ("min_queries", "max_history")
 
     def __init__(
         self,
@@ -186,14 +222,11 @@ class ExtractionDetector(ClientHistoryDetector):
         self.alpha = check_float("alpha", alpha, 0.0, 0.5)
         self.min_peers = check_int("min_peers", min_peers, 3)
         self.min_queries = check_int("min_queries", min_queries, 10)
-        self.max_history = check_int("max_history", max_history, self.min_queries)
-        self.max_clients = check_int("max_clients", max_clients, 1)
-        self.idle_expiry = check_float("idle_expiry", idle_expiry, 0.0, math.inf)
+        self._init_histories(max_history, max_clients, idle_expiry, min_history=self.min_queries)
         self.n_calibration = check_int("n_calibration", n_calibration, 20)
         self.n_checkpoints = check_int("n_checkpoints", n_checkpoints, 1)
         self.seed = check_int("seed", seed, 0)
 
-        self._init_histories()
         self._checkpoints = np.empty(0, dtype=np.int64)
         # Per checkpoint: mean and sd over pseudo-clients of log(1 - W) and of the log median distance,
         # and their median coverage.
@@ -206,20 +239,6 @@ class ExtractionDetector(ClientHistoryDetector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "min_peers": self.min_peers,
-            "min_queries": self.min_queries,
-            "max_history": self.max_history,
-            "max_clients": self.max_clients,
-            "idle_expiry": self.idle_expiry,
-            "n_calibration": self.n_calibration,
-            "n_checkpoints": self.n_checkpoints,
-            "seed": self.seed,
-        }
-
     @property
     def checkpoints(self) -> np.ndarray:
         """The calibration sizes: a client with ``n`` distances is tested on its last ``c <= n`` of them."""
@@ -229,25 +248,9 @@ class ExtractionDetector(ClientHistoryDetector):
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Learn the encoding and calibrate both tests on benign pseudo-clients drawn from the reference.
-
-        Forgets every client history.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``features`` is used.
-
-        Returns
-        -------
-        ExtractionDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has no features or at most ``min_queries`` events.
-        """
+        """Learn the encoding and calibrate both tests on benign pseudo-clients drawn from the reference's
+        ``features``; forgets every client history. A ValueError if the reference has no features or at
+        most ``min_queries`` events."""
         n = len(reference)
         if len(reference.features) != n or n <= self.min_queries:
             raise ValueError(
@@ -437,76 +440,39 @@ class ExtractionDetector(ClientHistoryDetector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Encoding, calibration and the client histories.
+    def _save_state(self) -> ExtractionState:
+        return ExtractionState(
+            params=self._calibration(),
+            schema=self._fitted_schema().state_dict(),
+            checkpoints=self._checkpoints,
+            w_mean=self._w_mean,
+            w_sd=self._w_sd,
+            level_mean=self._level_mean,
+            level_sd=self._level_sd,
+            coverage=self._coverage,
+            reference_range=self._reference_range,
+            clients=self._clients.state_dict(),
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        schema = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "params": {"min_queries": self.min_queries, "max_history": self.max_history},
-            "schema": schema.state_dict(),
-            "checkpoints": self._checkpoints.copy(),
-            "w_mean": self._w_mean.copy(),
-            "w_sd": self._w_sd.copy(),
-            "level_mean": self._level_mean.copy(),
-            "level_sd": self._level_sd.copy(),
-            "coverage": self._coverage.copy(),
-            "reference_range": self._reference_range.copy(),
-            "clients": self._clients.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or calibrated with other ``min_queries`` /
-            ``max_history``, or holds more clients than ``max_clients``.
-        """
-        try:
-            version = state["version"]
-            params = dict(state["params"])
-            schema = FeatureSchema.from_state(state["schema"])
-            checkpoints = np.asarray(state["checkpoints"], dtype=np.int64)
-            arrays = {
-                key: np.asarray(state[key], dtype=np.float64)
-                for key in ("w_mean", "w_sd", "level_mean", "level_sd", "coverage")
-            }
-            reference_range = np.asarray(state["reference_range"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        expected = {"min_queries": self.min_queries, "max_history": self.max_history}
-        if params != expected:
-            raise ValueError(
-                f"{self.id}: the state was calibrated with {params}, this detector has {expected}"
-            )
+    def _load_state(self, state: ExtractionState) -> None:
+        self._check_calibration(state.params)
+        schema = FeatureSchema.from_state(state.schema)
+        checkpoints = state.checkpoints
+        calibration = (state.w_mean, state.w_sd, state.level_mean, state.level_sd, state.coverage)
         if (
             checkpoints.ndim != 1
             or checkpoints.size == 0
-            or any(a.shape != checkpoints.shape for a in arrays.values())
+            or any(a.shape != checkpoints.shape for a in calibration)
         ):
-            raise ValueError(f"{self.id}: malformed state: calibration arrays do not match the checkpoints")
-        if reference_range.shape != (schema.dim,):
-            raise ValueError(f"{self.id}: malformed state: reference range of shape {reference_range.shape}")
-        store = self._restore_store(schema, state)
+            raise self._malformed("calibration arrays do not match the checkpoints")
+        if state.reference_range.shape != (schema.dim,):
+            raise self._malformed(f"reference range of shape {state.reference_range.shape}")
+        store = self._restore_store(schema, state.clients)
         self._schema = schema
         self._clients = store
         self._checkpoints = checkpoints
-        self._w_mean, self._w_sd = arrays["w_mean"], arrays["w_sd"]
-        self._level_mean, self._level_sd = arrays["level_mean"], arrays["level_sd"]
-        self._coverage = arrays["coverage"]
-        self._reference_range = reference_range
-        return self
+        self._w_mean, self._w_sd, self._level_mean, self._level_sd, self._coverage = calibration
+        self._reference_range = state.reference_range
 
 
 def _finite_population(sizes: np.ndarray, n: int) -> np.ndarray:

@@ -21,6 +21,9 @@ and a forced client moves every segment its events belong to. So flagged subject
 of significance: each is tested again on its events that no more significant flagged subject covers
 (Bonferroni at the family's size, conservative) and is reported only if it is still significant; the others
 are listed in ``evidence["explained"]`` with the subject that explains them.
+
+The module stays above 500 lines because the attribution pass (a flagged subject re-tested on the events
+no more significant subject explains) and the per-subject counts are specific to this detector.
 """
 
 from __future__ import annotations
@@ -28,24 +31,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat
-from detectors.drift._stats import (
-    check_float,
-    check_int,
-    excess_test,
-    plain,
-    predicted_class,
-    proportion_test,
-)
+from detectors._checks import check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat
+from detectors.drift._stats import excess_test, plain, predicted_class, proportion_test
 from detectors.security._poisoning import bounded_ids, holm
+from detectors.state import HYPERPARAMETER, DetectorState, Int64Array
 
-__all__ = ["GroupOutcomeDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["GroupOutcomeDetector", "GroupOutcomeState"]
 
 _OTHER = "other"  # classes beyond max_classes, and classes unseen in the reference
 
@@ -79,7 +75,28 @@ class _Test:
     p_value: float
 
 
-class GroupOutcomeDetector(Detector):
+@dataclass
+class SubjectCounts:
+    """Per-subject outcome counts as arrays: a row per subject of class counts and (labelled, errors)."""
+
+    names: list[str]
+    counts: Int64Array  # (subjects, classes + 1)
+    labelled: Int64Array  # (subjects, 2)
+
+
+@dataclass
+class GroupOutcomeState(DetectorState):
+    """The reference outcome counts: overall, per kept group value and per kept client."""
+
+    max_classes: Annotated[int, HYPERPARAMETER]
+    classes: list[str]
+    overall: Int64Array
+    overall_labelled: list[int]  # labelled events, errors among them
+    groups: SubjectCounts
+    clients: SubjectCounts
+
+
+class GroupOutcomeDetector(Detector[GroupOutcomeState], id="group_outcome", threat=Threat.INTEGRITY):
     """Flags groups and clients whose predicted classes (or errors) depart from their reference rates.
 
     Parameters
@@ -111,10 +128,25 @@ class GroupOutcomeDetector(Detector):
     (``alpha``) and ``event_ids``: up to 20 of the subject's events predicted as ``class``, or misclassified
     for an error-rate finding) and ``explained`` (subjects significant on their own but not once the events
     of a more significant subject are left out).
-    """
 
-    id: ClassVar[str] = "group_outcome"
-    threat: ClassVar[Threat] = Threat.INTEGRITY
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(n, north_share_of_a=0.5):
+    ...     north = rng.random(n) < 0.5
+    ...     share = np.where(north, north_share_of_a, 0.5)
+    ...     predicted = np.where(rng.random(n) < share, "a", "b")
+    ...     return Batch(event_ids=[f"e{i}" for i in range(n)], features=[],
+    ...                  predictions=[{"label": str(p)} for p in predicted],
+    ...                  groups=[{"region": "north" if r else "south"} for r in north])
+    >>> detector = GroupOutcomeDetector().fit(batch(600))
+    >>> detector.evaluate(batch(300)).status.value
+    'ok'
+    >>> result = detector.evaluate(batch(300, north_share_of_a=0.9))
+    >>> result.status.value, result.evidence["subjects"]
+    ('alert', ['region=north'])
+    """
 
     def __init__(
         self,
@@ -144,47 +176,22 @@ class GroupOutcomeDetector(Detector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "min_events": self.min_events,
-            "min_labelled": self.min_labelled,
-            "max_classes": self.max_classes,
-            "max_subjects": self.max_subjects,
-            "test_clients": self.test_clients,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._classes is not None
 
-    def _require_fitted(self) -> tuple[tuple[str, ...], _Counts]:
-        if self._classes is None or self._overall is None:
-            raise self._not_fitted()
+    def _reference(self) -> tuple[tuple[str, ...], _Counts]:
+        """The fitted reference classes and overall counts."""
+        self._require_fitted()
+        assert self._classes is not None and self._overall is not None  # both are set by fit and load
         return self._classes, self._overall
 
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Count the reference outcomes: overall, per group value and per client.
-
-        Parameters
-        ----------
-        reference
-            The reference events; ``predictions``, ``labels``, ``groups`` and ``client_ids`` are used.
-
-        Returns
-        -------
-        GroupOutcomeDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If fewer than ``min_events`` reference events carry a predicted class.
-        """
+        """Count the reference outcomes, overall, per group value and per client (from ``predictions``,
+        ``labels``, ``groups`` and ``client_ids``); a ValueError if fewer than ``min_events`` reference
+        events carry a predicted class."""
         predicted = _predicted(reference)
         present = [cls for cls in predicted if cls is not None]
         if len(present) < self.min_events:
@@ -237,7 +244,7 @@ class GroupOutcomeDetector(Detector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        classes, _ = self._require_fitted()
+        classes, _ = self._reference()
         n = len(window)
         if len(window.groups) != n and (not self.test_clients or len(window.client_ids) != n):
             return self.skipped(n, "the window carries neither groups nor client ids")
@@ -307,11 +314,9 @@ class GroupOutcomeDetector(Detector):
             self._finding(tests[j], float(adjusted[j]), window, codes, wrong, subjects, classes) for j in kept
         ]
         top = tests[best]
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if kept else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=bool(kept),
             statistic=plain(top.count / top.n - top.reference_count / top.reference_n),
             threshold=None,
             p_value=float(adjusted[best]),
@@ -332,7 +337,7 @@ class GroupOutcomeDetector(Detector):
 
     def _reference_of(self, subject: str, kind: str) -> tuple[_Counts, str]:
         """The subject's own reference counts if it has enough reference events, else the overall ones."""
-        _, overall = self._require_fitted()
+        _, overall = self._reference()
         own = (self._groups if kind == "group" else self._clients).get(subject)
         return (own, "own") if own is not None else (overall, "overall")
 
@@ -340,7 +345,7 @@ class GroupOutcomeDetector(Detector):
         self, subject: str, kind: str, codes: np.ndarray, wrong: np.ndarray, rows: np.ndarray
     ) -> list[_Test]:
         """The class-rate tests (and the error-rate test) of one subject on the events at ``rows``."""
-        classes, _ = self._require_fitted()
+        classes, _ = self._reference()
         reference, source = self._reference_of(subject, kind)
         counts = np.bincount(codes[rows], minlength=len(classes) + 1)
         n, n_reference = int(counts.sum()), reference.n
@@ -422,63 +427,28 @@ class GroupOutcomeDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The reference counts: overall, per kept group value and per kept client.
+    def _save_state(self) -> GroupOutcomeState:
+        classes, overall = self._reference()
+        return GroupOutcomeState(
+            max_classes=self.max_classes,
+            classes=list(classes),
+            overall=_counts_state({"": overall}).counts[0],
+            overall_labelled=[overall.labelled, overall.errors],
+            groups=_counts_state(self._groups),
+            clients=_counts_state(self._clients),
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        classes, overall = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "max_classes": self.max_classes,
-            "classes": list(classes),
-            "overall": _counts_state({"": overall})["counts"][0],
-            "overall_labelled": [overall.labelled, overall.errors],
-            "groups": _counts_state(self._groups),
-            "clients": _counts_state(self._clients),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or does not match this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            max_classes = int(state["max_classes"])
-            classes = tuple(str(cls) for cls in state["classes"])
-            overall_counts = np.asarray(state["overall"], dtype=np.int64)
-            labelled, errors = (int(v) for v in state["overall_labelled"])
-            groups = _counts_from_state(state["groups"], len(classes) + 1)
-            clients = _counts_from_state(state["clients"], len(classes) + 1)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        if max_classes != self.max_classes:
-            raise ValueError(
-                f"{self.id}: the state was fitted with max_classes={max_classes}, "
-                f"this detector has max_classes={self.max_classes}"
-            )
-        if (
-            overall_counts.shape != (len(classes) + 1,)
-            or overall_counts.sum() < 1
-            or not 0 <= errors <= labelled
-        ):
-            raise ValueError(f"{self.id}: malformed state: overall counts {overall_counts.shape}")
-        self._classes = classes
-        self._overall = _Counts(overall_counts.copy(), labelled, errors)
+    def _load_state(self, state: GroupOutcomeState) -> None:
+        width = len(state.classes) + 1
+        groups = _counts_from_state(state.groups, width)
+        clients = _counts_from_state(state.clients, width)
+        labelled, errors = state.overall_labelled
+        if state.overall.shape != (width,) or state.overall.sum() < 1 or not 0 <= errors <= labelled:
+            raise self._malformed(f"overall counts {state.overall.shape}")
+        self._classes = tuple(state.classes)
+        self._overall = _Counts(state.overall, labelled, errors)
         self._groups = groups
         self._clients = clients
-        return self
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -530,24 +500,22 @@ def _count(codes: np.ndarray, wrong: np.ndarray, rows: np.ndarray, n_classes: in
     )
 
 
-def _counts_state(counts: Mapping[str, _Counts]) -> dict[str, Any]:
+def _counts_state(counts: Mapping[str, _Counts]) -> SubjectCounts:
     """Per-subject counts as arrays: names, a (subjects, classes + 1) matrix and (labelled, errors) pairs."""
     names = sorted(counts)
     width = next(iter(counts.values())).classes.size if counts else 0
-    return {
-        "names": names,
-        "counts": np.array([counts[s].classes for s in names], dtype=np.int64).reshape(len(names), width),
-        "labelled": np.array([[counts[s].labelled, counts[s].errors] for s in names], dtype=np.int64).reshape(
+    return SubjectCounts(
+        names,
+        np.array([counts[s].classes for s in names], dtype=np.int64).reshape(len(names), width),
+        np.array([[counts[s].labelled, counts[s].errors] for s in names], dtype=np.int64).reshape(
             len(names), 2
         ),
-    }
+    )
 
 
-def _counts_from_state(state: Mapping[str, Any], width: int) -> dict[str, _Counts]:
+def _counts_from_state(state: SubjectCounts, width: int) -> dict[str, _Counts]:
     """The inverse of :func:`_counts_state`; a ValueError if the shapes do not fit."""
-    names = [str(name) for name in state["names"]]
-    counts = np.asarray(state["counts"], dtype=np.int64)
-    labelled = np.asarray(state["labelled"], dtype=np.int64)
+    names, counts, labelled = state.names, state.counts, state.labelled
     if names and (counts.shape != (len(names), width) or labelled.shape != (len(names), 2)):
         raise ValueError(f"per-subject counts of shape {counts.shape}, expected ({len(names)}, {width})")
     return {

@@ -31,28 +31,32 @@ Subjects are the flagged streams, ``"stream=training"`` or ``"stream=inference"`
 training feed keeps one fingerprint while the attack lasts, whatever classes the attacker flips from window to
 window. The class pairs an investigator needs (given label -> neighbours' label, with counts and the count the
 reference rate of that pair predicts) and the contradicted event ids are in each finding.
+
+The module stays above 500 lines because the neighbour search (:func:`_k_smallest`, a partial sort that
+replaced the costliest step of large windows), the vote and the per-pair evidence serve this detector alone.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 
-from detectors.base import Batch, DetectionResult, Detector, Status, Threat, as_float_array
-from detectors.drift._stats import check_choice, check_float, check_int, plain
+from detectors._checks import check_choice, check_float, check_int
+from detectors.base import Batch, DetectionResult, Detector, Threat, as_float_array
+from detectors.drift._stats import plain
 from detectors.encoding import FeatureSchema
 from detectors.security._poisoning import beta_binomial_sf, bounded_ids, holm
+from detectors.state import HYPERPARAMETER, DetectorState, Float64Array, Int64Array
 
-__all__ = ["LabelConsistencyDetector"]
-
-_STATE_VERSION = 2
+__all__ = ["LabelConsistencyDetector", "LabelConsistencyState"]
 
 _SPACES = ("auto", "features", "embedding")
 
-# Default stream of an event whose stream is not logged (the contract's default).
+# Default stream of an event whose stream is not logged: live traffic.
 _DEFAULT_STREAM = "inference"
 
 # Window events are compared with the reference in chunks, bounding the (chunk, n_reference) distance matrix.
@@ -129,7 +133,27 @@ def _plurality(codes: np.ndarray, n_classes: int) -> np.ndarray:
     return codes[np.arange(n), first_tied]
 
 
-class LabelConsistencyDetector(Detector):
+@dataclass
+class LabelConsistencyState(DetectorState):
+    """The reference neighbours (encoded), their labels, and the reference's own contradicted counts."""
+
+    version: ClassVar[int] = 2
+    space: str  # the resolved space: "features" or "embedding"
+    k: Annotated[int, HYPERPARAMETER]
+    max_agreeing: Annotated[int | None, HYPERPARAMETER]
+    schema: dict[str, Any] | None  # FeatureSchema.state_dict() in the features space
+    mean: Float64Array  # embedding standardisation (empty in the features space)
+    std: Float64Array
+    points: Float64Array
+    classes: list[str]
+    codes: Int64Array
+    disagreements: int
+    pair_counts: dict[str, int]  # "given->voted" -> contradicted reference labels
+
+
+class LabelConsistencyDetector(
+    Detector[LabelConsistencyState], id="label_consistency", threat=Threat.INTEGRITY
+):
     """Flags streams whose labels disagree with their nearest reference neighbours more than the reference's.
 
     Parameters
@@ -163,10 +187,25 @@ class LabelConsistencyDetector(Detector):
     ``n_labelled``, ``disagreements`` (contradicted events), ``expected`` (count the reference share
     predicts), ``pairs`` (given -> plurality label, ``count`` and ``expected``, largest excess first) and
     ``event_ids`` (up to 20 contradicted events, those whose pair has the largest excess first)).
-    """
 
-    id: ClassVar[str] = "label_consistency"
-    threat: ClassVar[Threat] = Threat.INTEGRITY
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(n, flipped=0.0):
+    ...     truth = rng.choice(["a", "b"], n)
+    ...     x = rng.normal(size=(n, 2)) + np.where(truth == "a", 3.0, -3.0)[:, None]
+    ...     flip = rng.random(n) < flipped
+    ...     labels = np.where(flip, np.where(truth == "a", "b", "a"), truth)
+    ...     return Batch(event_ids=[f"e{i}" for i in range(n)], labels=[str(label) for label in labels],
+    ...                  features=[{"x0": float(u), "x1": float(v)} for u, v in x])
+    >>> detector = LabelConsistencyDetector().fit(batch(400))
+    >>> detector.evaluate(batch(200)).status.value
+    'ok'
+    >>> result = detector.evaluate(batch(200, flipped=0.1))
+    >>> result.status.value, result.evidence["subjects"]
+    ('alert', ['stream=inference'])
+    """
 
     def __init__(
         self,
@@ -206,21 +245,8 @@ class LabelConsistencyDetector(Detector):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "k": self.k,
-            "max_agreeing": self.max_agreeing,
-            "min_labelled": self.min_labelled,
-            "max_reference": self.max_reference,
-            "space": self.space,
-            "seed": self.seed,
-        }
-
     @property
     def fitted(self) -> bool:
-        """Whether the detector has been fitted (or loaded) and can evaluate."""
         return self._space is not None
 
     @property
@@ -232,12 +258,8 @@ class LabelConsistencyDetector(Detector):
     @property
     def resolved_space(self) -> str:
         """``"features"`` or ``"embedding"``, as decided at ``fit``."""
-        return self._require_fitted()
-
-    def _require_fitted(self) -> str:
-        if self._space is None:
-            raise self._not_fitted()
-        return self._space
+        self._require_fitted()
+        return str(self._space)
 
     # ------------------------------------------------------------------ fitting
 
@@ -352,7 +374,7 @@ class LabelConsistencyDetector(Detector):
         NotFittedError
             If the detector has not been fitted or loaded.
         """
-        space = self._require_fitted()
+        space = self.resolved_space
         n = len(window)
         labelled = [i for i, label in enumerate(window.labels) if label is not None]
         if len(labelled) < self.min_labelled:
@@ -411,11 +433,9 @@ class LabelConsistencyDetector(Detector):
                 )
             )
         reference_share = c / m
-        return DetectionResult(
-            detector=self.id,
-            threat=self.threat,
-            status=Status.ALERT if flagged else Status.OK,
-            n_events=n,
+        return self.result(
+            n,
+            alert=bool(flagged),
             statistic=counts[best] / sizes[best],
             threshold=None if critical is None else critical / sizes[best],
             p_value=float(adjusted[best]),
@@ -478,88 +498,47 @@ class LabelConsistencyDetector(Detector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The reference neighbours, their labels, the encoding and the reference disagreement counts.
+    def _save_state(self) -> LabelConsistencyState:
+        return LabelConsistencyState(
+            space=self.resolved_space,
+            k=self.k,
+            max_agreeing=self.max_agreeing,
+            schema=None if self._schema is None else self._schema.state_dict(),
+            mean=self._mean,
+            std=self._std,
+            points=self._points,
+            classes=list(self._classes),
+            codes=self._codes,
+            disagreements=self._disagreements,
+            pair_counts=dict(self._pair_counts),
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        space = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "space": space,
-            "k": self.k,
-            "max_agreeing": self.max_agreeing,
-            "schema": None if self._schema is None else self._schema.state_dict(),
-            "mean": self._mean.copy(),
-            "std": self._std.copy(),
-            "points": self._points.copy(),
-            "classes": list(self._classes),
-            "codes": self._codes.copy(),
-            "disagreements": self._disagreements,
-            "pair_counts": dict(self._pair_counts),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, or does not match this detector's parameters.
-        """
-        try:
-            version = state["version"]
-            space = str(state["space"])
-            k = int(state["k"])
-            max_agreeing = None if state["max_agreeing"] is None else int(state["max_agreeing"])
-            schema = None if state["schema"] is None else FeatureSchema.from_state(state["schema"])
-            mean = np.asarray(state["mean"], dtype=np.float64)
-            std = np.asarray(state["std"], dtype=np.float64)
-            points = np.asarray(state["points"], dtype=np.float64)
-            classes = tuple(str(cls) for cls in state["classes"])
-            codes = np.asarray(state["codes"], dtype=np.int64)
-            disagreements = int(state["disagreements"])
-            pair_counts = {str(pair): int(count) for pair, count in dict(state["pair_counts"]).items()}
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
+    def _load_state(self, state: LabelConsistencyState) -> None:
+        space, points, codes = state.space, state.points, state.codes
         if space not in ("features", "embedding") or (self.space != "auto" and space != self.space):
             raise ValueError(
                 f"{self.id}: the state is for space {space!r}, this detector has space={self.space!r}"
             )
-        if k != self.k:
-            raise ValueError(f"{self.id}: the state was fitted with k={k}, this detector has k={self.k}")
-        if max_agreeing != self.max_agreeing:
-            raise ValueError(
-                f"{self.id}: the state was fitted with max_agreeing={max_agreeing}, "
-                f"this detector has max_agreeing={self.max_agreeing}"
-            )
+        schema = None if state.schema is None else FeatureSchema.from_state(state.schema)
         if (
             points.ndim != 2
             or codes.shape != (points.shape[0],)
-            or codes.size <= k
-            or (codes.size and not 0 <= codes.min() <= codes.max() < len(classes))
-            or not 0 <= disagreements <= codes.size
+            or codes.size <= self.k
+            or (codes.size and not 0 <= codes.min() <= codes.max() < len(state.classes))
+            or not 0 <= state.disagreements <= codes.size
             or (space == "features") != (schema is not None)
-            or (space == "embedding" and not (mean.shape == std.shape == (points.shape[1],)))
+            or (space == "embedding" and not (state.mean.shape == state.std.shape == (points.shape[1],)))
         ):
-            raise ValueError(f"{self.id}: malformed state: inconsistent neighbours, labels or encoding")
+            raise self._malformed("inconsistent neighbours, labels or encoding")
         self._space = space
         self._schema = schema
-        self._mean = mean.copy()
-        self._std = std.copy()
-        self._points = points.copy()
-        self._classes = classes
-        self._codes = codes.copy()
-        self._disagreements = disagreements
-        self._pair_counts = pair_counts
-        return self
+        self._mean = state.mean
+        self._std = state.std
+        self._points = points
+        self._classes = tuple(state.classes)
+        self._codes = codes
+        self._disagreements = state.disagreements
+        self._pair_counts = state.pair_counts
 
 
 def _all_embeddings(batch: Batch, rows: Sequence[int]) -> bool:

@@ -30,14 +30,15 @@ same client is far below what benign clients produce. Here:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 from scipy import stats
 
+from detectors._checks import check_float, check_int
 from detectors.base import Batch, DetectionResult, Threat
-from detectors.drift._stats import check_float, check_int, plain
+from detectors.drift._stats import plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
     ClientHistoryDetector,
@@ -46,10 +47,9 @@ from detectors.security._clients import (
     group_by_client,
     pseudo_client_streams,
 )
+from detectors.state import DetectorState
 
-__all__ = ["ProbingDetector"]
-
-_STATE_VERSION = 1
+__all__ = ["ProbingDetector", "ProbingState"]
 
 # Evidence lists at most this many event ids per finding.
 _MAX_IDS = 20
@@ -66,7 +66,19 @@ def _knn_mean(distances: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-class ProbingDetector(ClientHistoryDetector):
+@dataclass
+class ProbingState(DetectorState):
+    """The encoding, the near-duplicate threshold and the client histories."""
+
+    params: dict[str, Any]  # k, duplicate_quantile and max_history, which tau depends on
+    schema: dict[str, Any]  # FeatureSchema.state_dict()
+    tau: float
+    benign_median: float
+    n_reference: int
+    clients: dict[str, Any]  # ClientHistories.state_dict()
+
+
+class ProbingDetector(ClientHistoryDetector[ProbingState], id="probing", threat=Threat.PRIVACY):
     """Flags clients that send bursts of near-duplicate queries (Chen, Carlini and Wagner's stateful test).
 
     Parameters
@@ -100,10 +112,26 @@ class ProbingDetector(ClientHistoryDetector):
     the event ids of its closest near-duplicates (at most 20, closest first).
 
     Memory: at most ``max_clients * max_history * 4 * dim`` bytes of histories, ``dim`` the encoded width.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(x, clients):
+    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
+    ...                  timestamps=[float(i) for i in range(len(x))],
+    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
+    >>> detector = ProbingDetector(n_calibration=20).fit(batch(rng.normal(size=(300, 4)), [None] * 300))
+    >>> clients = [f"c{i % 5}" for i in range(150)]
+    >>> detector.evaluate(batch(rng.normal(size=(150, 4)), clients)).status.value
+    'ok'
+    >>> probe = rng.normal(size=4) + rng.normal(scale=0.01, size=(40, 4))  # 40 near-copies of one input
+    >>> result = detector.evaluate(batch(probe, ["prober"] * 40))
+    >>> result.status.value, result.evidence["subjects"]
+    ('alert', ['prober'])
     """
 
-    id: ClassVar[str] = "probing"
-    threat: ClassVar[Threat] = Threat.PRIVACY
+    calibrated_with = ("k", "duplicate_quantile", "max_history")
 
     def __init__(
         self,
@@ -122,32 +150,15 @@ class ProbingDetector(ClientHistoryDetector):
         self.k = check_int("k", k, 1)
         self.duplicate_quantile = check_float("duplicate_quantile", duplicate_quantile, 0.0, 0.5)
         self.min_duplicates = check_int("min_duplicates", min_duplicates, 1)
-        self.max_history = check_int("max_history", max_history, self.k)
-        self.max_clients = check_int("max_clients", max_clients, 1)
-        self.idle_expiry = check_float("idle_expiry", idle_expiry, 0.0, math.inf)
+        self._init_histories(max_history, max_clients, idle_expiry, min_history=self.k)
         self.n_calibration = check_int("n_calibration", n_calibration, 1)
         self.seed = check_int("seed", seed, 0)
 
-        self._init_histories()
         self._tau = math.nan
         self._benign_median = math.nan
         self._n_reference = 0
 
     # ------------------------------------------------------------------ parameters
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable)."""
-        return {
-            "alpha": self.alpha,
-            "k": self.k,
-            "duplicate_quantile": self.duplicate_quantile,
-            "min_duplicates": self.min_duplicates,
-            "max_history": self.max_history,
-            "max_clients": self.max_clients,
-            "idle_expiry": self.idle_expiry,
-            "n_calibration": self.n_calibration,
-            "seed": self.seed,
-        }
 
     @property
     def tau(self) -> float:
@@ -158,25 +169,9 @@ class ProbingDetector(ClientHistoryDetector):
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Learn the encoding and the benign kNN distance level from pseudo-clients of the reference.
-
-        Forgets every client history.
-
-        Parameters
-        ----------
-        reference
-            The reference events; only ``features`` is used.
-
-        Returns
-        -------
-        ProbingDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has no features or fewer than ``2 k + 2`` events.
-        """
+        """Learn the encoding and the benign kNN distance level from pseudo-clients of the reference's
+        ``features``; forgets every client history. A ValueError if the reference has no features or fewer
+        than ``2 k + 2`` events."""
         n = len(reference)
         if len(reference.features) != n or n < 2 * self.k + 2:
             raise ValueError(
@@ -321,66 +316,24 @@ class ProbingDetector(ClientHistoryDetector):
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """Encoding, calibration and the client histories.
+    def _save_state(self) -> ProbingState:
+        return ProbingState(
+            params=self._calibration(),
+            schema=self._fitted_schema().state_dict(),
+            tau=self._tau,
+            benign_median=self._benign_median,
+            n_reference=self._n_reference,
+            clients=self._clients.state_dict(),
+        )
 
-        Raises
-        ------
-        NotFittedError
-            If there is nothing to save yet.
-        """
-        schema = self._require_fitted()
-        return {
-            "version": _STATE_VERSION,
-            "params": {
-                "k": self.k,
-                "duplicate_quantile": self.duplicate_quantile,
-                "max_history": self.max_history,
-            },
-            "schema": schema.state_dict(),
-            "tau": self._tau,
-            "benign_median": self._benign_median,
-            "n_reference": self._n_reference,
-            "clients": self._clients.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> Self:
-        """Restore a state saved by :meth:`state_dict`; results are then identical to the original.
-
-        Raises
-        ------
-        ValueError
-            If the state is malformed, of another version, calibrated with other ``k``,
-            ``duplicate_quantile`` or ``max_history``, or holds more clients than ``max_clients``.
-        """
-        try:
-            version = state["version"]
-            params = dict(state["params"])
-            schema = FeatureSchema.from_state(state["schema"])
-            tau = float(state["tau"])
-            benign_median = float(state["benign_median"])
-            n_reference = int(state["n_reference"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.id}: malformed state: {error!r}") from error
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"{self.id}: state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
-        expected = {
-            "k": self.k,
-            "duplicate_quantile": self.duplicate_quantile,
-            "max_history": self.max_history,
-        }
-        if params != expected:
-            raise ValueError(
-                f"{self.id}: the state was calibrated with {params}, this detector has {expected}"
-            )
-        if n_reference < 2 * self.k + 2 or not math.isfinite(tau):
-            raise ValueError(f"{self.id}: malformed state: tau={tau}, n_reference={n_reference}")
-        store = self._restore_store(schema, state)
+    def _load_state(self, state: ProbingState) -> None:
+        self._check_calibration(state.params)
+        schema = FeatureSchema.from_state(state.schema)
+        if state.n_reference < 2 * self.k + 2 or not math.isfinite(state.tau):
+            raise self._malformed(f"tau={state.tau}, n_reference={state.n_reference}")
+        store = self._restore_store(schema, state.clients)
         self._schema = schema
         self._clients = store
-        self._tau = tau
-        self._benign_median = benign_median
-        self._n_reference = n_reference
-        return self
+        self._tau = state.tau
+        self._benign_median = state.benign_median
+        self._n_reference = state.n_reference
