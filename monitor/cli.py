@@ -1,4 +1,4 @@
-"""The ``sentinel`` command line (contract section 2)."""
+"""The ``sentinel`` command line: ``run`` (the daemon), ``replay``, ``demo``, ``alerts`` and ``migrate``."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -35,7 +36,7 @@ from monitor.database import Database, open_store
 from monitor.intake.kafka_consumer import Backoff, KafkaIntake
 from monitor.pipeline import ClosedWindow, Pipeline
 from monitor.retention import purge_expired
-from storage import AlertStore, StorageUnavailable, SubscriptionIn
+from storage import AlertStore, StorageUnavailable, Store, SubscriptionIn
 from storage.purge import Retention
 
 log = logging.getLogger("sentinel.daemon")
@@ -124,35 +125,7 @@ class Daemon:
                 before_close=self._final_close,
                 db_retry=(self.config.db_retry_initial, self.config.db_retry_max),
             )
-            self.scheduler = BackgroundScheduler(timezone="UTC")
-            self.scheduler.add_job(
-                self._tick,
-                "interval",
-                seconds=self.config.tick_interval,
-                id="close-windows",
-                max_instances=1,
-                coalesce=True,
-            )
-            if self.config.retention.enabled:
-                self.scheduler.add_job(
-                    self._retention_tick,
-                    "interval",
-                    args=[Retention(store.engine)],
-                    seconds=self.config.retention.interval,
-                    id="retention",
-                    max_instances=1,
-                    coalesce=True,
-                    next_run_time=datetime.now(UTC),  # once at start, then every interval
-                )
-            if self.alert_engine is not None:
-                self.scheduler.add_job(
-                    self._alert_tick,
-                    "interval",
-                    seconds=self.config.tick_interval,
-                    id="alerts",
-                    max_instances=1,
-                    coalesce=True,
-                )
+            self.scheduler = self._build_scheduler(store)
             self.scheduler.start()
             if self.delivery is not None:
                 self.delivery.start()
@@ -180,6 +153,29 @@ class Daemon:
                 self.delivery.stop(timeout=5.0)
             self._stop_api()
             return 1
+
+    def _build_scheduler(self, store: Store) -> BackgroundScheduler:
+        """The periodic jobs: close due windows, purge expired history, turn new results into alerts."""
+        scheduler = BackgroundScheduler(timezone="UTC")
+
+        def every(seconds: float, job: Callable[..., None], job_id: str, **options: Any) -> None:
+            # One run of a job at a time; runs missed while one was slow are made up once, not one by one.
+            scheduler.add_job(
+                job, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True, **options
+            )
+
+        every(self.config.tick_interval, self._tick, "close-windows")
+        if self.config.retention.enabled:
+            every(
+                self.config.retention.interval,
+                self._retention_tick,
+                "retention",
+                args=[Retention(store.engine)],
+                next_run_time=datetime.now(UTC),  # once at start, then every interval
+            )
+        if self.alert_engine is not None:
+            every(self.config.tick_interval, self._alert_tick, "alerts")
+        return scheduler
 
     def _retention_tick(self, retention: Retention) -> None:
         try:

@@ -35,7 +35,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.alerting.rendering import render_body
 from monitor.alerting.settings import LOWER_IS_WORSE, AlertingSettings, SeverityBands
@@ -293,6 +293,17 @@ def needs_notification(
     return None
 
 
+class SilenceLabels(Protocol):
+    """What a silence matches on; None matches anything."""
+
+    @property
+    def fingerprint(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def detector(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class SilenceMatcher:
     """A silence, from the configuration or the database: every matcher given must match."""
@@ -302,6 +313,17 @@ class SilenceMatcher:
     fingerprint: str | None = None
     model: str | None = None
     detector: str | None = None
+
+    @classmethod
+    def of(cls, labels: SilenceLabels, *, ends_at: datetime, starts_at: datetime | None) -> SilenceMatcher:
+        """The matcher of a configured or stored silence (they name their times differently)."""
+        return cls(
+            ends_at=ends_at,
+            starts_at=starts_at,
+            fingerprint=labels.fingerprint,
+            model=labels.model,
+            detector=labels.detector,
+        )
 
     def mutes(self, alert: AlertState, now: datetime) -> bool:
         """Whether this silence mutes ``alert`` at ``now``."""
@@ -396,14 +418,7 @@ class AlertEngine:
         self.settings = settings
         self._now = now
         self._config_silences = [
-            SilenceMatcher(
-                ends_at=s.until,
-                starts_at=s.starts,
-                fingerprint=s.fingerprint,
-                model=s.model,
-                detector=s.detector,
-            )
-            for s in settings.silences
+            SilenceMatcher.of(s, ends_at=s.until, starts_at=s.starts) for s in settings.silences
         ]
 
     def run_once(self, now: datetime | None = None) -> EngineReport:
@@ -436,14 +451,7 @@ class AlertEngine:
         if self.settings.kafka_topic:
             targets.append(Target.kafka(self.settings.kafka_topic))
         silences = self._config_silences + [
-            SilenceMatcher(
-                ends_at=s.ends_at,
-                starts_at=s.starts_at,
-                fingerprint=s.fingerprint,
-                model=s.model,
-                detector=s.detector,
-            )
-            for s in work.silences(now)
+            SilenceMatcher.of(s, ends_at=s.ends_at, starts_at=s.starts_at) for s in work.silences(now)
         ]
         firing = {a.fingerprint: a for a in work.firing_alerts()}
         return _Pass(work=work, now=now, targets=targets, silences=silences, firing=firing)

@@ -46,7 +46,7 @@ __all__ = [
     "SubscriptionSettings",
 ]
 
-# Detector ids of the contract (section 3): stable, so configuration may name them before they are built.
+# The published detector ids: stable, so configuration may name them before they are built.
 CONTRACT_DETECTORS = frozenset(
     {
         "vae_anomaly",
