@@ -1,6 +1,6 @@
 """In-process measurements the daemon exposes on ``/metrics``: duration histograms and labelled counters.
 
-The API renders them in the Prometheus text format itself (see :mod:`monitor.api.app`); these classes only
+The API renders them in the Prometheus text format itself (see :mod:`monitor.api.prometheus`); these only
 count. They are written from the pipeline's threads and read from the API's, so every update and every
 snapshot takes a lock: a scrape never sees a histogram whose count disagrees with its buckets.
 """

@@ -1,19 +1,19 @@
-"""Read-only queries the API needs that :class:`storage.Store` and :class:`storage.AlertStore` lack.
-
-Kept here, on the stores' engine and transaction helper, so that storage stays untouched:
+"""Reads that cut across the stores, for the HTTP API and the Prometheus scrape: :class:`ReadQueries`.
 
 * alerts and window results paged by a *keyset* (``id`` / ``(window_start, id)``) so that pages stay
-  stable while new rows arrive (``AlertStore.list_alerts`` orders by ``last_seen`` but pages by ``id``,
-  which can skip alerts);
-* the model list, aggregate counts for ``/metrics`` and the alert changes the SSE stream follows.
+  stable while new rows arrive (ordering alerts by ``last_seen`` but paging by ``id`` could skip alerts);
+* the model list with each model's latest reference;
+* aggregate counts (alerts, deliveries, dead letters);
+* the alert changes a live stream follows (new alerts, then resolutions, each past a keyset).
+
+Plain SQLAlchemy on the stores' engine and transaction helper: every method is one transaction, returns
+records or plain dicts, and raises :class:`~storage.errors.StorageError` like the stores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
@@ -23,7 +23,7 @@ from storage.records import AlertRecord, WindowResultRecord
 from storage.session import EngineBound, check_limit
 from storage.store import Store
 
-__all__ = ["AlertChanges", "ApiQueries", "ModelRow"]
+__all__ = ["AlertChanges", "ModelRow", "ReadQueries"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +42,18 @@ class ModelRow:
 
 @dataclass(frozen=True, slots=True)
 class AlertChanges:
-    """What the SSE stream has not sent yet: new alerts (id order) and resolutions (resolve order)."""
+    """What a live stream has not sent yet: new alerts (id order) and resolutions (resolve order)."""
 
     opened: list[AlertRecord]
     resolved: list[AlertRecord]
 
 
-def _alert_record(a: orm.Alert) -> AlertRecord:
-    return AlertRecord(**{name: getattr(a, name) for name in AlertRecord.__dataclass_fields__})
+def _alert_record(row: orm.Alert) -> AlertRecord:
+    return AlertRecord(**{name: getattr(row, name) for name in AlertRecord.__dataclass_fields__})
 
 
-class ApiQueries(EngineBound):
-    """The API's own reads; one transaction per call, errors as StorageError like the stores."""
+class ReadQueries(EngineBound):
+    """Read-only queries over every table; one transaction per call, errors as StorageError."""
 
     def alerts_page(
         self,
@@ -120,14 +120,14 @@ class ApiQueries(EngineBound):
             return [ModelRow(*row) for row in session.execute(stmt)]
 
     def alert_counts(self) -> dict[tuple[str, str], int]:
-        """Number of alerts per (state, severity)."""
+        """Number of alerts per (state, severity); pairs with no alert are absent."""
         a = orm.Alert
         stmt = select(a.state, a.severity, func.count()).group_by(a.state, a.severity)
         with self._transaction("counting alerts") as session:
             return {(state, severity): int(n) for state, severity, n in session.execute(stmt)}
 
     def delivery_counts(self) -> dict[str, int]:
-        """Number of deliveries per state (pending, delivered, failed)."""
+        """Number of deliveries per state (pending, delivered, failed); states with none are absent."""
         d = orm.Delivery
         stmt = select(d.state, func.count()).group_by(d.state)
         with self._transaction("counting deliveries") as session:
@@ -139,7 +139,7 @@ class ApiQueries(EngineBound):
             return int(session.scalar(select(func.count()).select_from(orm.DeadLetter)) or 0)
 
     def max_alert_id(self) -> int:
-        """The highest alert id (0 when there is none): where a fresh SSE stream starts."""
+        """The highest alert id (0 when there is none): where a fresh stream of changes starts."""
         with self._transaction("reading the newest alert id") as session:
             return int(session.scalar(select(func.max(orm.Alert.id))) or 0)
 
@@ -184,8 +184,3 @@ class ApiQueries(EngineBound):
             resolved_rows = [_alert_record(x) for x in session.scalars(resolved)]
             opened_rows = [_alert_record(x) for x in session.scalars(opened)]
             return AlertChanges(opened=opened_rows, resolved=resolved_rows)
-
-
-def as_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """Dataclass rows as dicts (helper for the response models)."""
-    return [{name: getattr(r, name) for name in r.__dataclass_fields__} for r in rows]

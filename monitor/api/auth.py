@@ -7,7 +7,7 @@ With no token configured every request is allowed (the daemon then binds to loop
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 
 from fastapi import HTTPException, Request, status
@@ -35,7 +35,7 @@ def _matches(presented: bytes, tokens: Sequence[str]) -> bool:
 
 
 class TokenChecker:
-    """Makes the FastAPI dependencies that enforce one scope."""
+    """Decides what a request's bearer token allows (see :mod:`monitor.api.dependencies` for its use)."""
 
     def __init__(self, settings: ApiSettings) -> None:
         self._read = list(settings.read_tokens)
@@ -56,20 +56,16 @@ class TokenChecker:
             return Scope.ADMIN
         return Scope.READ if is_read else None
 
-    def require(self, scope: Scope) -> Callable[[Request], None]:
-        """A dependency that lets the request through only with ``scope`` (401 no/bad token, 403 too weak)."""
-
-        def dependency(request: Request) -> None:
-            if not self.enabled:
-                return
-            granted = self.scope_of(request.headers.get("authorization"))
-            if granted is None:
-                raise HTTPException(
-                    status.HTTP_401_UNAUTHORIZED,
-                    detail="missing or invalid bearer token",
-                    headers={"WWW-Authenticate": 'Bearer realm="sentinel"'},
-                )
-            if scope is Scope.ADMIN and granted is not Scope.ADMIN:
-                raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this endpoint needs an admin token")
-
-        return dependency
+    def check(self, request: Request, scope: Scope) -> None:
+        """Let ``request`` through only with ``scope``: 401 for no or a bad token, 403 for a read token."""
+        if not self.enabled:
+            return
+        granted = self.scope_of(request.headers.get("authorization"))
+        if granted is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="missing or invalid bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="sentinel"'},
+            )
+        if scope is Scope.ADMIN and granted is not Scope.ADMIN:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this endpoint needs an admin token")
