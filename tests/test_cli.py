@@ -59,19 +59,22 @@ def _database_of_an_old_version(path: Path) -> str:
     """A SQLite database at schema revision 0002, where webhook secrets were stored in plain text."""
     url = f"sqlite:///{path}"
     engine = make_engine(url)
+    subscription = {
+        "name": "old",
+        "url": "https://hooks.example/o",
+        "secret": OLD_SECRET,
+        "format": "native",
+        **dict.fromkeys(("models", "detectors", "threats"), "[]"),
+        "min_severity": "info",
+        "source": "config",
+        **dict.fromkeys(("created_at", "updated_at"), "2026-11-28 10:00:00"),
+    }
+    subscriptions = sa.table("subscriptions", *map(sa.column, subscription))
     with engine.begin() as conn:
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
-        conn.execute(
-            sa.text(
-                "INSERT INTO subscriptions (name, url, secret, format, models, detectors, threats,"
-                " min_severity, source, created_at, updated_at) VALUES ('old', 'https://hooks.example/o',"
-                " :secret, 'native', '[]', '[]', '[]', 'info', 'config', '2026-11-28 10:00:00',"
-                " '2026-11-28 10:00:00')"
-            ),
-            {"secret": OLD_SECRET},
-        )
+        alembic = alembic_config()
+        alembic.attributes["connection"] = conn
+        command.upgrade(alembic, "0002")
+        conn.execute(sa.insert(subscriptions).values(subscription))
     engine.dispose()
     return url
 
