@@ -14,7 +14,6 @@ windows, as alerts per 1,000 windows and per day of one-minute windows.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import benchmark_parser
 from detectors.base import Batch, DetectionResult, Detector, Status
 from detectors.registry import DETECTORS, create_detector
 
@@ -333,9 +333,7 @@ def budget(ds: Dataset, windows: int, n: int = 200) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="few windows, one size: a smoke run")
     parser.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer"])
     parser.add_argument("--detectors", nargs="+", help="only these detector ids (default: all registered)")

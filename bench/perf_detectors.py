@@ -30,7 +30,6 @@ detector refitted, one window of the largest size.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.perf_drift import load_average, machine, median_seconds
+from bench.common import benchmark_parser, load_average, machine, median_seconds
 from detectors.anomaly import VAEAnomalyDetector
 from detectors.base import Batch, Detector
 from detectors.drift.latent import LatentDriftDetector
@@ -214,9 +213,7 @@ def vae_rate(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000], help="window sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed evaluations per detector and size")
     parser.add_argument("--alibi-repeats", type=int, default=1, help="timed MMDDrift calls")

@@ -25,11 +25,7 @@ skipped.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import benchmark_parser, machine, median_seconds
 from detectors.base import Batch, Detector
 from detectors.drift.latent import LatentDriftDetector
 
@@ -119,16 +116,6 @@ def load_data() -> Data:
     )
 
 
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def time_detector(detector: Detector, window: Batch, repeats: int) -> float:
     """Median seconds of one ``evaluate`` of an already fitted detector on ``window``."""
     detector.evaluate(window)  # warm-up: first-call allocations, lazy imports
@@ -137,34 +124,6 @@ def time_detector(detector: Detector, window: Batch, repeats: int) -> float:
 
 def _own_step(detector: LatentDriftDetector, codes: np.ndarray) -> object:
     return detector.permutation_test(codes, torch.Generator().manual_seed(0))
-
-
-def machine() -> str:
-    """CPU model, cores, library versions and load: the first line of every benchmark's output."""
-    from importlib.metadata import version
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} threads; "
-        f"alibi-detect {version('alibi-detect')}; Python {platform.python_version()}; {load_average()}"
-    )
-
-
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, for the record: the benchmark machine is shared."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 @dataclass
@@ -285,9 +244,7 @@ def table(results: Results, sizes: Sequence[int]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000], help="window sizes (events)")
     parser.add_argument("--repeats", type=int, default=7, help="timed evaluations per detector and size")
     parser.add_argument("--alibi-repeats", type=int, default=3, help="timed predict calls of alibi per size")

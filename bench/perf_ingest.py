@@ -27,7 +27,6 @@ without the network.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import cProfile
 import io
@@ -43,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.perf_drift import load_average, machine
+from bench.common import benchmark_parser, load_average, machine
 from monitor.broker import EmbeddedBroker, create_topic
 from monitor.config import AppConfig, load_config
 from monitor.demo.data import live_events, reference_events
@@ -215,9 +214,7 @@ def profile_ingest(config: AppConfig, workdir: Path, n: int, top: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--events", type=int, default=200_000, help="messages on the topic")
     parser.add_argument("--repeats", type=int, default=2, help="passes of each side, alternating")
     parser.add_argument("--quick", action="store_true", help="20,000 events, one pass each: a smoke run")

@@ -28,7 +28,6 @@ to the measurement.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -40,11 +39,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.perf_drift import load_average, machine
+from bench.common import benchmark_parser, load_average, machine, reference_files
 from monitor.broker import EmbeddedBroker, create_topic, free_port
 from monitor.config import AppConfig
 from monitor.daemon import Daemon
-from monitor.demo.data import live_events, reference_events
+from monitor.demo.data import live_events
 from monitor.pipeline import ClosedWindow
 from storage import AlertStore
 
@@ -108,15 +107,13 @@ def _models_in(payload: Any) -> set[str]:
 def daemon_config(
     workdir: Path, servers: str, models: list[str], window: float, lateness: float, port: int
 ) -> AppConfig:
-    lines = [json.dumps(e) for e in reference_events("template")]
+    references = reference_files(workdir, models)
     model_settings = {}
     for model in models:
-        path = workdir / f"reference-{model}.jsonl"
-        path.write_text("\n".join(lines).replace('"template', f'"{model}') + "\n", encoding="utf-8")
         model_settings[model] = {
             "window": window,
             "allowed_lateness": lateness,
-            "reference": {"source": "file", "path": str(path)},
+            "reference": {"source": "file", "path": str(references[model])},
         }
     return AppConfig.model_validate(
         {
@@ -242,9 +239,7 @@ def run(windows: int, window: float, lateness: float, rate: float, timeout: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--windows", type=int, default=3, help="corrupted windows, one per model")
     parser.add_argument("--window", type=float, default=10.0, help="window length, seconds")
     parser.add_argument("--lateness", type=float, default=2.0, help="allowed lateness, seconds")

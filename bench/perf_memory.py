@@ -26,7 +26,6 @@ after imports, after each group of models is ready, after the traffic and at the
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -36,9 +35,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.perf_drift import load_average, machine
+from bench.common import benchmark_parser, load_average, machine, reference_files
 from monitor.config import AppConfig
-from monitor.demo.data import live_events, reference_events
+from monitor.demo.data import live_events
 from monitor.pipeline import Pipeline, RawMessage
 from monitor.windows import Position
 from storage import Store, make_engine, migrate
@@ -59,15 +58,13 @@ def memory_mb() -> tuple[float, float]:
 
 
 def config(workdir: Path, models: list[str], vae_epochs: int) -> AppConfig:
-    lines = [json.dumps(e) for e in reference_events("template")]
+    references = reference_files(workdir, models)
     network = {"max_epochs": vae_epochs}
     settings = {}
     for model in models:
-        path = workdir / f"reference-{model}.jsonl"
-        path.write_text("\n".join(lines).replace('"template', f'"{model}') + "\n", encoding="utf-8")
         settings[model] = {
             "window": WINDOW_SECONDS,
-            "reference": {"source": "file", "path": str(path)},
+            "reference": {"source": "file", "path": str(references[model])},
             # backdoor and evasion take vae_anomaly's network settings; latent_drift has its own.
             "detectors": {"vae_anomaly": network, "latent_drift": {"vae": network}},
         }
@@ -118,9 +115,7 @@ def traffic(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--fitted", type=int, default=3, help="models fitted for real; the rest restored")
     parser.add_argument("--fit-all", action="store_true", help="fit every model for real")

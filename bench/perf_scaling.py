@@ -16,7 +16,6 @@ Writes the tables to standard output and the plot to ``docs/img/scaling.png`` (`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -31,8 +30,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: the plot goes to a file
 import matplotlib.pyplot as plt
 
+from bench.common import benchmark_parser, load_average, machine
 from bench.perf_detectors import Timing, fitted_detectors, reference, time_window, window
-from bench.perf_drift import load_average, machine
 from monitor.intake.reference import to_batch
 
 SIZES = (500, 1000, 2000, 5000, 10_000, 20_000)
@@ -108,9 +107,7 @@ def plot(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", type=Path, default=Path("docs/img/scaling.png"))
     parser.add_argument("--quick", action="store_true", help="small sizes, VAEs of 20 epochs, 5 models")

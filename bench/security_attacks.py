@@ -30,7 +30,6 @@ it), the median over splits.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import benchmark_parser
 from detectors.base import Batch, Detector, Status
 from detectors.security.evasion import EvasionDetector
 from detectors.security.extraction import ExtractionDetector
@@ -274,9 +274,7 @@ def fit(split: Split, quick: bool) -> dict[str, tuple[Detector, dict[str, Any]]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="2 splits, fewer windows: a smoke run")
     parser.add_argument("--splits", type=int, default=5)
     args = parser.parse_args()

@@ -38,7 +38,6 @@ windows is noisy: the goal counts as met when it is within the 95 % binomial bou
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
+from bench.common import benchmark_parser
 from detectors.base import Batch, DetectionResult, Detector, Status
 from detectors.security.backdoor import BackdoorDetector
 from detectors.security.group_outcome import GroupOutcomeDetector
@@ -345,9 +345,7 @@ def report(name: str, tallies: dict[tuple[str, str], Tally], alpha: float, run_l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="few splits and windows: a smoke run")
     parser.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer"])
     parser.add_argument("--alpha", type=float, default=0.01)
