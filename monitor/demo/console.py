@@ -30,14 +30,17 @@ class Console:
         self.started: float | None = None
 
     def paint(self, text: str, code: str) -> str:
+        """``text`` in the colour ``code`` on a terminal, as it is otherwise."""
         return f"{code}{text}{RESET}" if self.color else text
 
     def line(self, text: str, code: str = "") -> None:
+        """Print ``text`` after the seconds since the traffic started (once it has)."""
         clock = "" if self.started is None else f"[{time.time() - self.started:6.1f}s] "
         with self._lock:
             print(self.paint(clock, DIM) + (self.paint(text, code) if code else text), flush=True)
 
     def plain(self, text: str = "", code: str = "") -> None:
+        """Print ``text`` as it is: the introduction and the summary."""
         with self._lock:
             print(self.paint(text, code) if code else text, flush=True)
 
