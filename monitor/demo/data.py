@@ -234,4 +234,3 @@ class BenignClients:
                 senders.append(client)
         regions = self._rng.integers(0, len(self.regions), len(rows))
         return np.array(rows, dtype=np.intp), senders, [{"region": self.regions[r]} for r in regions]
-
