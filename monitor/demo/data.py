@@ -97,7 +97,7 @@ def prediction_events(
     Returns
     -------
     list of dict
-        One contract event (section 1) per row.
+        One prediction event per row, in the intake's event format.
     """
     model = digits_model()
     probabilities = model.classifier.predict_proba(x)
