@@ -18,25 +18,16 @@ What goes with what:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Select, Table, and_, delete, exists, select
+from sqlalchemy import Select, and_, delete, exists, select
 from sqlalchemy.orm import Session
 
-from storage import models as orm
 from storage.records import require_aware
 from storage.session import EngineBound, check_limit
+from storage.tables import ALERTS, ANOMALIES, ATTEMPTS, DEAD_LETTERS, DELIVERIES, EVENTS, RESULTS, WINDOWS
 
 __all__ = ["Retention"]
-
-WINDOWS = cast(Table, orm.Window.__table__)
-EVENTS = cast(Table, orm.Event.__table__)
-RESULTS = cast(Table, orm.WindowResult.__table__)
-ANOMALIES = cast(Table, orm.Anomaly.__table__)
-DEAD_LETTERS = cast(Table, orm.DeadLetter.__table__)
-ALERTS = cast(Table, orm.Alert.__table__)
-DELIVERIES = cast(Table, orm.Delivery.__table__)
-ATTEMPTS = cast(Table, orm.DeliveryAttempt.__table__)
 
 
 class Retention(EngineBound):

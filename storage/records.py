@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = [
     "AlertFields",
@@ -47,9 +47,25 @@ AlertId = TypeVar("AlertId", bound=int | None)
 # --------------------------------------------------------------------------- inputs
 
 
+class ChecksAwareTimes:
+    """Base of the input records: a naive datetime in a field named by ``aware_fields`` is refused.
+
+    The check runs at construction, so it fails where the record is made, naming the record and the field.
+    """
+
+    __slots__ = ()
+    aware_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.aware_fields:
+            require_aware(getattr(self, name), f"{type(self).__name__}.{name}")
+
+
 @dataclass(frozen=True, slots=True)
-class DeadLetterIn:
+class DeadLetterIn(ChecksAwareTimes):
     """A message that could not be accepted, as received from the broker."""
+
+    aware_fields = ("received_at",)
 
     topic: str
     partition: int | None
@@ -60,22 +76,18 @@ class DeadLetterIn:
     model: str | None
     received_at: datetime
 
-    def __post_init__(self) -> None:
-        require_aware(self.received_at, "DeadLetterIn.received_at")
-
 
 @dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(ChecksAwareTimes):
     """One prediction event assigned to a window. ``label`` is ground truth if already known."""
+
+    aware_fields = ("event_time",)
 
     event_id: str
     event_time: datetime
     client_id: str | None
     predicted: str | None
     label: str | None
-
-    def __post_init__(self) -> None:
-        require_aware(self.event_time, "EventRow.event_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +106,10 @@ class ResultRow:
 
 
 @dataclass(frozen=True, slots=True)
-class AnomalyRow:
+class AnomalyRow(ChecksAwareTimes):
     """One event a detector scored as anomalous."""
+
+    aware_fields = ("event_time",)
 
     detector: str
     event_id: str
@@ -103,9 +117,6 @@ class AnomalyRow:
     event_time: datetime
     client_id: str | None
     features: dict[str, Any] | None
-
-    def __post_init__(self) -> None:
-        require_aware(self.event_time, "AnomalyRow.event_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +130,10 @@ class DetectorStateRow:
 
 
 @dataclass(frozen=True, slots=True)
-class WindowRecord:
+class WindowRecord(ChecksAwareTimes):
     """Everything the monitor knows about one closed window, stored in one transaction."""
+
+    aware_fields = ("start", "end", "closed_at")
 
     model: str
     start: datetime
@@ -135,9 +148,9 @@ class WindowRecord:
     detector_states: Sequence[DetectorStateRow] = ()
 
     def __post_init__(self) -> None:
-        require_aware(self.start, "WindowRecord.start")
-        require_aware(self.end, "WindowRecord.end")
-        require_aware(self.closed_at, "WindowRecord.closed_at")
+        ChecksAwareTimes.__post_init__(
+            self
+        )  # not super(): slots=True makes a new class, which super() misses
         if self.end <= self.start:
             raise ValueError(f"window end {self.end.isoformat()} is not after start {self.start.isoformat()}")
 

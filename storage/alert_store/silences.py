@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from storage import models as orm
 from storage.records import require_aware
-from storage.rows import record_from_row
+from storage.rows import record_from_row, record_values
 from storage.session import EngineBound
 from storage.tables import SILENCES
 
@@ -71,16 +71,7 @@ class SilenceStore(EngineBound):
         with self._transaction("creating a silence", write=True) as session:
             new_id = session.execute(
                 insert(SILENCES)
-                .values(
-                    fingerprint=silence.fingerprint,
-                    model=silence.model,
-                    detector=silence.detector,
-                    starts_at=starts,
-                    ends_at=silence.ends_at,
-                    comment=silence.comment,
-                    created_by=silence.created_by,
-                    created_at=now,
-                )
+                .values({**record_values(silence), "starts_at": starts, "created_at": now})
                 .returning(SILENCES.c.id)
             ).scalar_one()
             return record_from_row(SilenceRecord, session.get_one(orm.Silence, int(new_id)))
