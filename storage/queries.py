@@ -20,6 +20,7 @@ from sqlalchemy import and_, func, or_, select
 from storage import models as orm
 from storage.alert_store import AlertStore
 from storage.records import AlertRecord, WindowResultRecord
+from storage.rows import record_from_row
 from storage.session import EngineBound, check_limit
 from storage.store import Store
 
@@ -46,10 +47,6 @@ class AlertChanges:
 
     opened: list[AlertRecord]
     resolved: list[AlertRecord]
-
-
-def _alert_record(row: orm.Alert) -> AlertRecord:
-    return AlertRecord(**{name: getattr(row, name) for name in AlertRecord.__dataclass_fields__})
 
 
 class ReadQueries(EngineBound):
@@ -181,6 +178,6 @@ class ReadQueries(EngineBound):
             # Resolutions first: on PostgreSQL each statement has its own snapshot, and an alert that opens
             # and resolves between the two reads must then show up as opened now and resolved next time,
             # never as resolved before it was seen opening.
-            resolved_rows = [_alert_record(x) for x in session.scalars(resolved)]
-            opened_rows = [_alert_record(x) for x in session.scalars(opened)]
+            resolved_rows = [record_from_row(AlertRecord, x) for x in session.scalars(resolved)]
+            opened_rows = [record_from_row(AlertRecord, x) for x in session.scalars(opened)]
             return AlertChanges(opened=opened_rows, resolved=resolved_rows)
