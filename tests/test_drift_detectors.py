@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -473,28 +472,19 @@ def test_feature_new_missing_values_in_a_complete_feature(cancer: Dataset) -> No
     assert first["effect"]["reference_share"] == 0.0
 
 
-def test_feature_evaluate_is_fast(digits: Dataset) -> None:
-    """10,000 events x 64 features: resampled held-out events, and the same with half the pixels noised.
+def test_feature_drift_alerts_on_a_large_noised_window(digits: Dataset) -> None:
+    """10,000 events x 64 features with half the pixels noised: the large window must alert.
 
-    10,000 events drawn with replacement from 597 held-out ones are not a clean window for a test of this
-    power (their distribution is that of the 597, not of the population), so only the time is checked
-    for the first; the second must alert.
+    How long it takes is measured in bench/perf_drift.py (against KSDrift), not asserted here.
     """
     detector = FeatureDriftDetector().fit(digits.reference)
     rng = np.random.default_rng(61)
     ids = rng.choice(digits.held_ids, 10_000)
     rows = digits.x[ids] + rng.normal(size=(10_000, 64)) * digits.std * (np.arange(64) % 2)
-    resampled = Batch(event_ids=[f"e{i}" for i in range(10_000)], features=[digits.features[i] for i in ids])
-    noisy = Batch(event_ids=resampled.event_ids, features=digits.to_features(rows))
-    for window, status in ((resampled, None), (noisy, Status.ALERT)):
-        timings = []
-        for _ in range(3):
-            start = time.perf_counter()
-            result = detector.evaluate(window)
-            timings.append(time.perf_counter() - start)
-        assert min(timings) < 1.0, timings
-        if status is not None:
-            assert result.status is status
+    noisy = Batch(event_ids=[f"e{i}" for i in range(10_000)], features=digits.to_features(rows))
+    result = detector.evaluate(noisy)
+    assert result.status is Status.ALERT
+    assert result.n_events == 10_000
 
 
 # ---------------------------------------------------------------------------------------------- output_drift
