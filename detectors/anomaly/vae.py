@@ -177,17 +177,10 @@ class VAEAnomalyDetector(Detector[VAEAnomalyState], id="vae_anomaly", threat=Thr
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
-    >>> detector = VAEAnomalyDetector(hidden_dim=8, latent_dim=2, max_epochs=20)
-    >>> detector = detector.fit(batch(rng.normal(size=(300, 4))))
-    >>> detector.evaluate(batch(rng.normal(size=(100, 4)))).status.value
-    'ok'
-    >>> detector.evaluate(batch(rng.normal(size=(100, 4)) * [1, 1, 1, 6])).status.value
-    'alert'
+    >>> from detectors._examples import gaussian, statuses
+    >>> detector = VAEAnomalyDetector(hidden_dim=8, latent_dim=2, max_epochs=20).fit(gaussian(300, seed=0))
+    >>> statuses(detector, gaussian(100, seed=1), gaussian(100, seed=2, scale=[1, 1, 1, 6]))  # x3 wider
+    ('ok', 'alert')
     """
 
     def __init__(

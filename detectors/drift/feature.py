@@ -157,14 +157,11 @@ class FeatureDriftDetector(Detector[FeatureDriftState], id="feature_drift", thre
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], features=[{"x": float(v)} for v in x])
-    >>> detector = FeatureDriftDetector().fit(batch(rng.normal(size=500)))
-    >>> detector.evaluate(batch(rng.normal(size=200))).status.value
+    >>> from detectors._examples import gaussian
+    >>> detector = FeatureDriftDetector().fit(gaussian(500, seed=0, dim=1))
+    >>> detector.evaluate(gaussian(200, seed=1, dim=1)).status.value
     'ok'
-    >>> shifted = detector.evaluate(batch(rng.normal(0.5, size=200)))
+    >>> shifted = detector.evaluate(gaussian(200, seed=2, dim=1, loc=0.5))
     >>> shifted.status.value, shifted.evidence["drifted"][0]["test"]
     ('alert', 'ks')
     """

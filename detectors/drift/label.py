@@ -85,13 +85,9 @@ class LabelDriftDetector(Detector[LabelDriftState], id="label_drift", threat=Thr
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(share_of_a):
-    ...     labels = np.where(rng.random(300) < share_of_a, "a", "b")
-    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[], labels=list(map(str, labels)))
-    >>> detector = LabelDriftDetector().fit(batch(0.5))
-    >>> detector.evaluate(batch(0.5)).status.value, detector.evaluate(batch(0.8)).status.value
+    >>> from detectors._examples import classes, statuses
+    >>> detector = LabelDriftDetector().fit(classes(300, seed=0))
+    >>> statuses(detector, classes(300, seed=1), classes(300, seed=2, share_of_a=0.8))
     ('ok', 'alert')
     """
 

@@ -215,18 +215,11 @@ class LatentDriftDetector(Detector[LatentDriftState], id="latent_drift", threat=
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
+    >>> from detectors._examples import gaussian, statuses
     >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
-    >>> detector = LatentDriftDetector(vae=tiny, max_reference=200).fit(batch(rng.normal(size=(300, 4))))
-    >>> detector.evaluate(batch(rng.normal(size=(100, 4)))).status.value
-    'ok'
-    >>> result = detector.evaluate(batch(rng.normal(3.0, size=(100, 4))))
-    >>> result.status.value, round(result.p_value, 4)
-    ('alert', 0.0099)
+    >>> detector = LatentDriftDetector(vae=tiny, max_reference=200).fit(gaussian(300, seed=0))
+    >>> statuses(detector, gaussian(100, seed=1), gaussian(100, seed=2, loc=3.0))
+    ('ok', 'alert')
     """
 
     def __init__(

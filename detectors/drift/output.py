@@ -152,14 +152,9 @@ class OutputDriftDetector(Detector[OutputDriftState], id="output_drift", threat=
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(share_of_a):
-    ...     labels = np.where(rng.random(300) < share_of_a, "a", "b")
-    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[],
-    ...                  predictions=[{"label": str(label)} for label in labels])
-    >>> detector = OutputDriftDetector().fit(batch(0.5))
-    >>> detector.evaluate(batch(0.5)).status.value, detector.evaluate(batch(0.8)).status.value
+    >>> from detectors._examples import classes, statuses
+    >>> detector = OutputDriftDetector().fit(classes(300, seed=0))
+    >>> statuses(detector, classes(300, seed=1), classes(300, seed=2, share_of_a=0.8))
     ('ok', 'alert')
     """
 

@@ -119,16 +119,9 @@ class PerformanceDetector(Detector[PerformanceState], id="performance", threat=T
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(accuracy):
-    ...     truth = rng.choice(["a", "b"], 300)
-    ...     right = rng.random(300) < accuracy
-    ...     predicted = np.where(right, truth, np.where(truth == "a", "b", "a"))
-    ...     return Batch(event_ids=[f"e{i}" for i in range(300)], features=[],
-    ...                  predictions=[{"label": str(p)} for p in predicted], labels=[str(t) for t in truth])
-    >>> detector = PerformanceDetector().fit(batch(0.95))
-    >>> detector.evaluate(batch(0.95)).status.value, detector.evaluate(batch(0.8)).status.value
+    >>> from detectors._examples import classes, statuses
+    >>> detector = PerformanceDetector().fit(classes(300, seed=0, accuracy=0.95))
+    >>> statuses(detector, classes(300, seed=1, accuracy=0.95), classes(300, seed=2, accuracy=0.8))
     ('ok', 'alert')
     """
 

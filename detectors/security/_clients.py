@@ -23,23 +23,26 @@ per-client detectors are what ``evasion``, ``extraction`` and ``probing`` share,
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from scipy import stats
 
 from detectors._checks import check_float, check_int
-from detectors.base import Batch, DetectionResult, Detector, StateT
+from detectors.base import Batch, DetectionResult, Detector
 from detectors.encoding import FeatureSchema
+from detectors.state import DetectorState
 
 __all__ = [
     "ClientHistories",
     "ClientHistory",
     "ClientHistoryDetector",
+    "ClientHistoryState",
     "ClientQueries",
     "client_result",
     "earlier_distances",
@@ -400,13 +403,34 @@ def rank_sum_p_values(scores: np.ndarray, members: Sequence[np.ndarray]) -> np.n
     return p_values
 
 
-class ClientHistoryDetector(Detector[StateT]):
+class ClientHistoryState(DetectorState):
+    """The fields every per-client detector's state has, declared for the type checker only.
+
+    Not a dataclass on purpose: each subclass (a dataclass) lists these fields itself, in its own order,
+    because the field order is the order of the stored mapping, and states saved before this class existed
+    must stay byte-identical.
+    """
+
+    params: dict[str, Any]
+    """The ``calibrated_with`` hyper-parameters."""
+    schema: dict[str, Any]
+    """``FeatureSchema.state_dict()``."""
+    clients: dict[str, Any]
+    """``ClientHistories.state_dict()``."""
+
+
+ClientStateT = TypeVar("ClientStateT", bound=ClientHistoryState)
+
+
+class ClientHistoryDetector(Detector[ClientStateT]):
     """What ``extraction`` and ``probing`` share: a fitted feature encoding and a bounded store of
     per-client query histories that ``evaluate`` extends (hence ``stateful``).
 
     Subclasses pass their ``max_history``, ``max_clients`` and ``idle_expiry`` arguments to
-    :meth:`_init_histories` in ``__init__``; ``fit`` and ``load_state_dict`` install the schema and a store
-    with :meth:`_new_store` or :meth:`_restore_store`.
+    :meth:`_init_histories` in ``__init__``, and ``fit`` installs the schema and a store from
+    :meth:`_new_store`. Saving and loading are written here: a subclass names only its own learned fields
+    (:meth:`_learned_fields`), checks them (:meth:`_check_learned`) and installs them
+    (:meth:`_install_learned`).
     """
 
     stateful = True
@@ -468,6 +492,40 @@ class ClientHistoryDetector(Detector[StateT]):
         encoded = window.encoded(schema)
         self._clients.expire(float(np.max(window.timestamps)))
         return encoded
+
+    # ------------------------------------------------------------------ state
+
+    def _save_state(self) -> ClientStateT:
+        fields = {
+            "params": self._calibration(),
+            "schema": self._fitted_schema().state_dict(),
+            "clients": self._clients.state_dict(),
+            **self._learned_fields(),
+        }
+        return cast(ClientStateT, self.state_type(**fields))
+
+    def _load_state(self, state: ClientStateT) -> None:
+        self._check_calibration(state.params)
+        schema = FeatureSchema.from_state(state.schema)
+        self._check_learned(state, schema)
+        store = self._restore_store(schema, state.clients)
+        # Installed only once every check has passed: a rejected state leaves the detector as it was.
+        self._schema = schema
+        self._clients = store
+        self._install_learned(state)
+
+    @abc.abstractmethod
+    def _learned_fields(self) -> dict[str, Any]:
+        """The subclass's own state fields (the calibration), by field name."""
+
+    @abc.abstractmethod
+    def _check_learned(self, state: ClientStateT, schema: FeatureSchema) -> None:
+        """A ValueError (see ``_malformed``) if the subclass's own fields of a loaded state are
+        inconsistent."""
+
+    @abc.abstractmethod
+    def _install_learned(self, state: ClientStateT) -> None:
+        """Install the subclass's own fields of a loaded, checked state."""
 
     def _restore_store(self, schema: FeatureSchema, clients: Mapping[str, Any]) -> ClientHistories:
         """The client histories saved by ``ClientHistories.state_dict``, checked against this detector's

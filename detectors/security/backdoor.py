@@ -107,18 +107,13 @@ class BackdoorDetector(Detector[BackdoorState], id="backdoor", threat=Threat.BAC
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))],
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x],
-    ...                  predictions=[{"label": "a" if row[0] > 0 else "b"} for row in x])
+    >>> from detectors._examples import gaussian, joined
     >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
-    >>> detector = BackdoorDetector(vae=tiny).fit(batch(rng.normal(size=(300, 4))))
-    >>> detector.evaluate(batch(rng.normal(size=(200, 4)))).status.value
+    >>> detector = BackdoorDetector(vae=tiny).fit(gaussian(300, seed=0))
+    >>> detector.evaluate(gaussian(200, seed=1)).status.value
     'ok'
-    >>> triggered = rng.normal(size=(20, 4)) * [0.2, 1, 1, 1] + [1, 0, 0, 6]  # a trigger in x3, all class "a"
-    >>> result = detector.evaluate(batch(np.vstack([rng.normal(size=(180, 4)), triggered])))
+    >>> triggered = gaussian(20, seed=2, loc=[1, 0, 0, 6], scale=[0.2, 1, 1, 1])  # a trigger in x3, class "a"
+    >>> result = detector.evaluate(joined(gaussian(180, seed=3), triggered))
     >>> result.status.value, result.evidence["subjects"]
     ('alert', ['class=a'])
     """
@@ -175,23 +170,9 @@ class BackdoorDetector(Detector[BackdoorState], id="backdoor", threat=Threat.BAC
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Train the inner VAE and measure each predicted class's propensity to be anomalous.
-
-        Parameters
-        ----------
-        reference
-            The reference events; ``features`` and ``predictions`` are used.
-
-        Returns
-        -------
-        BackdoorDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has no predicted classes, or is too small for the VAE.
-        """
+        """Train the inner VAE and measure each predicted class's propensity to be anomalous, from the
+        reference's ``features`` and ``predictions``. A ValueError if the reference has no predicted
+        classes, or is too small for the VAE."""
         predicted = _predicted(reference)
         if not any(cls is not None for cls in predicted):
             raise ValueError(f"{self.id}: the reference has no predictions with a class")
@@ -224,24 +205,8 @@ class BackdoorDetector(Detector[BackdoorState], id="backdoor", threat=Threat.BAC
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test whether the window's anomalous events pile up on one predicted class.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``features``, ``predictions``, ``event_ids`` and, for the spectral
-            evidence, ``embeddings`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test whether the window's anomalous events pile up on one predicted class; ``features``,
+        ``predictions``, ``event_ids`` and, for the spectral evidence, ``embeddings`` are used."""
         vae = self._inner_vae()
         n = len(window)
         if n < self.min_events:

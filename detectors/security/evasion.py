@@ -135,22 +135,13 @@ class EvasionDetector(Detector[EvasionState], id="evasion", threat=Threat.ROBUST
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x, clients, confidence):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x],
-    ...                  predictions=[{"label": "a", "scores": {"a": c, "b": 1 - c}} for c in confidence])
+    >>> from detectors._examples import gaussian, joined
     >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
-    >>> reference = batch(rng.normal(size=(400, 4)), [None] * 400, rng.uniform(0.5, 1, 400))
-    >>> detector = EvasionDetector(vae=tiny).fit(reference)
-    >>> clients = [f"c{i % 8}" for i in range(160)]
-    >>> detector.evaluate(batch(rng.normal(size=(160, 4)), clients, rng.uniform(0.5, 1, 160))).status.value
+    >>> detector = EvasionDetector(vae=tiny).fit(gaussian(400, seed=0))
+    >>> detector.evaluate(gaussian(160, seed=1, clients=8)).status.value
     'ok'
-    >>> x = rng.normal(size=(160, 4))
-    >>> x[:20] += [0, 0, 0, 6]  # client c0 sends 20 off-distribution inputs, answered with conviction
-    >>> confidence = np.where(np.arange(160) < 20, 0.99, rng.uniform(0.5, 1, 160))
-    >>> result = detector.evaluate(batch(x, ["c0"] * 20 + clients[20:], confidence))
+    >>> evading = gaussian(20, seed=2, loc=[0, 0, 0, 6], clients="c0", confidence=0.99)  # off-distribution
+    >>> result = detector.evaluate(joined(evading, gaussian(140, seed=3, clients=8)))
     >>> result.status.value, result.evidence["subjects"]
     ('alert', ['c0'])
     """
@@ -205,23 +196,9 @@ class EvasionDetector(Detector[EvasionState], id="evasion", threat=Threat.ROBUST
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Train the VAE on part of the reference, learn the confidence cuts, measure the suspicious rate.
-
-        Parameters
-        ----------
-        reference
-            The reference events; ``features`` and ``predictions`` (with ``scores``) are used.
-
-        Returns
-        -------
-        EvasionDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has no prediction scores, or too few events for the VAE and the calibration.
-        """
+        """Train the VAE on part of the reference, learn the confidence cuts, measure the suspicious rate,
+        from the reference's ``features`` and ``predictions`` (with ``scores``). A ValueError if the reference
+        has no prediction scores, or too few events for the VAE and the calibration."""
         n = len(reference)
         top, margin = _top_two(reference.predictions, n)
         scored = np.isfinite(top)
@@ -272,24 +249,9 @@ class EvasionDetector(Detector[EvasionState], id="evasion", threat=Threat.ROBUST
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test each client's share of suspicious events against the reference rate, and against its peers.
-
-        Parameters
-        ----------
-        window
-            The events of one window: ``event_ids``, ``features``, ``predictions`` and ``client_ids``.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring. Skipped when the window lacks client ids, features or prediction scores,
-            or no client has ``min_queries`` events in it.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test each client's share of suspicious events against the reference rate, and against its peers;
+        ``event_ids``, ``features``, ``predictions`` and ``client_ids`` are used. Skipped when the window
+        lacks client ids, features or prediction scores, or no client has ``min_queries`` events in it."""
         vae = self._inner_vae()
         n = len(window)
         if n == 0:

@@ -64,6 +64,7 @@ from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
     MIN_PEERS,
     ClientHistoryDetector,
+    ClientHistoryState,
     client_result,
     earlier_distances,
     group_by_client,
@@ -72,7 +73,7 @@ from detectors.security._clients import (
     pseudo_client_streams,
     robust_z,
 )
-from detectors.state import DetectorState, Float64Array, Int64Array
+from detectors.state import Float64Array, Int64Array
 
 __all__ = ["ExtractionDetector", "ExtractionState"]
 
@@ -122,7 +123,7 @@ def _coverage(queries: np.ndarray, reference_range: np.ndarray) -> float:
 
 
 @dataclass
-class ExtractionState(DetectorState):
+class ExtractionState(ClientHistoryState):
     """The encoding, the calibration of both signals per checkpoint, and the client histories."""
 
     params: dict[str, Any]  # min_queries and max_history, which the calibration depends on
@@ -186,20 +187,12 @@ class ExtractionDetector(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x, clients):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
-    ...                  timestamps=[float(i) for i in range(len(x))],
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
-    >>> detector = ExtractionDetector(alpha=0.05, min_queries=20, n_calibration=40)
-    >>> detector = detector.fit(batch(rng.normal(size=(300, 4)), [None] * 300))
-    >>> clients = [f"c{i % 6}" for i in range(180)]
-    >>> detector.evaluate(batch(rng.normal(size=(180, 4)), clients)).status.value
+    >>> from detectors._examples import gaussian, joined
+    >>> detector = ExtractionDetector(alpha=0.05, min_queries=20, n_calibration=40).fit(gaussian(300, seed=0))
+    >>> detector.evaluate(gaussian(180, seed=1, clients=6)).status.value
     'ok'
-    >>> stealing = rng.uniform(-20, 20, size=(60, 4))  # synthetic queries spread far over the input space
-    >>> window = batch(np.vstack([stealing, rng.normal(size=(180, 4))]), ["thief"] * 60 + clients)
-    >>> result = detector.evaluate(window)
+    >>> stealing = gaussian(60, seed=2, scale=12.0, clients="thief")  # spread far over the inputs
+    >>> result = detector.evaluate(joined(stealing, gaussian(180, seed=3, clients=6)))
     >>> result.status.value, result.evidence["subjects"], result.evidence["findings"][0]["signal"]
     ('alert', ['thief'], 'distance')
     """
@@ -294,24 +287,10 @@ class ExtractionDetector(
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Add the window's queries to their clients' histories and test every client with enough of them.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``event_ids``, ``features``, ``client_ids`` and ``timestamps`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring. Skipped when the window lacks client ids, timestamps or features, or
-            when no client has ``min_queries`` distances yet (the histories are updated all the same).
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Add the window's queries to their clients' histories and test every client with enough of them;
+        ``event_ids``, ``features``, ``client_ids`` and ``timestamps`` are used. Skipped when the window lacks
+        client ids, timestamps or features, or when no client has ``min_queries`` distances yet (the
+        histories are updated all the same)."""
         encoded = self._window_queries(window)
         if isinstance(encoded, DetectionResult):
             return encoded
@@ -440,23 +419,18 @@ class ExtractionDetector(
 
     # ------------------------------------------------------------------ state
 
-    def _save_state(self) -> ExtractionState:
-        return ExtractionState(
-            params=self._calibration(),
-            schema=self._fitted_schema().state_dict(),
-            checkpoints=self._checkpoints,
-            w_mean=self._w_mean,
-            w_sd=self._w_sd,
-            level_mean=self._level_mean,
-            level_sd=self._level_sd,
-            coverage=self._coverage,
-            reference_range=self._reference_range,
-            clients=self._clients.state_dict(),
-        )
+    def _learned_fields(self) -> dict[str, Any]:
+        return {
+            "checkpoints": self._checkpoints,
+            "w_mean": self._w_mean,
+            "w_sd": self._w_sd,
+            "level_mean": self._level_mean,
+            "level_sd": self._level_sd,
+            "coverage": self._coverage,
+            "reference_range": self._reference_range,
+        }
 
-    def _load_state(self, state: ExtractionState) -> None:
-        self._check_calibration(state.params)
-        schema = FeatureSchema.from_state(state.schema)
+    def _check_learned(self, state: ExtractionState, schema: FeatureSchema) -> None:
         checkpoints = state.checkpoints
         calibration = (state.w_mean, state.w_sd, state.level_mean, state.level_sd, state.coverage)
         if (
@@ -467,11 +441,12 @@ class ExtractionDetector(
             raise self._malformed("calibration arrays do not match the checkpoints")
         if state.reference_range.shape != (schema.dim,):
             raise self._malformed(f"reference range of shape {state.reference_range.shape}")
-        store = self._restore_store(schema, state.clients)
-        self._schema = schema
-        self._clients = store
-        self._checkpoints = checkpoints
-        self._w_mean, self._w_sd, self._level_mean, self._level_sd, self._coverage = calibration
+
+    def _install_learned(self, state: ExtractionState) -> None:
+        self._checkpoints = state.checkpoints
+        self._w_mean, self._w_sd = state.w_mean, state.w_sd
+        self._level_mean, self._level_sd = state.level_mean, state.level_sd
+        self._coverage = state.coverage
         self._reference_range = state.reference_range
 
 

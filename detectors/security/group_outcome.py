@@ -131,19 +131,11 @@ class GroupOutcomeDetector(Detector[GroupOutcomeState], id="group_outcome", thre
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(n, north_share_of_a=0.5):
-    ...     north = rng.random(n) < 0.5
-    ...     share = np.where(north, north_share_of_a, 0.5)
-    ...     predicted = np.where(rng.random(n) < share, "a", "b")
-    ...     return Batch(event_ids=[f"e{i}" for i in range(n)], features=[],
-    ...                  predictions=[{"label": str(p)} for p in predicted],
-    ...                  groups=[{"region": "north" if r else "south"} for r in north])
-    >>> detector = GroupOutcomeDetector().fit(batch(600))
-    >>> detector.evaluate(batch(300)).status.value
+    >>> from detectors._examples import classes
+    >>> detector = GroupOutcomeDetector().fit(classes(600, seed=0))
+    >>> detector.evaluate(classes(300, seed=1)).status.value
     'ok'
-    >>> result = detector.evaluate(batch(300, north_share_of_a=0.9))
+    >>> result = detector.evaluate(classes(300, seed=2, north_share_of_a=0.9))
     >>> result.status.value, result.evidence["subjects"]
     ('alert', ['region=north'])
     """
@@ -226,24 +218,8 @@ class GroupOutcomeDetector(Detector[GroupOutcomeState], id="group_outcome", thre
     # ------------------------------------------------------------------ testing a window
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test every group value and client of the window against its reference outcomes.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``predictions``, ``labels``, ``groups``, ``client_ids`` and
-            ``event_ids`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test every group value and client of the window against its reference outcomes;
+        ``predictions``, ``labels``, ``groups``, ``client_ids`` and ``event_ids`` are used."""
         classes, _ = self._reference()
         n = len(window)
         if len(window.groups) != n and (not self.test_clients or len(window.client_ids) != n):

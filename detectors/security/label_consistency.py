@@ -190,19 +190,11 @@ class LabelConsistencyDetector(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(n, flipped=0.0):
-    ...     truth = rng.choice(["a", "b"], n)
-    ...     x = rng.normal(size=(n, 2)) + np.where(truth == "a", 3.0, -3.0)[:, None]
-    ...     flip = rng.random(n) < flipped
-    ...     labels = np.where(flip, np.where(truth == "a", "b", "a"), truth)
-    ...     return Batch(event_ids=[f"e{i}" for i in range(n)], labels=[str(label) for label in labels],
-    ...                  features=[{"x0": float(u), "x1": float(v)} for u, v in x])
-    >>> detector = LabelConsistencyDetector().fit(batch(400))
-    >>> detector.evaluate(batch(200)).status.value
+    >>> from detectors._examples import mislabelled
+    >>> detector = LabelConsistencyDetector().fit(mislabelled(400, seed=0))
+    >>> detector.evaluate(mislabelled(200, seed=1)).status.value
     'ok'
-    >>> result = detector.evaluate(batch(200, flipped=0.1))
+    >>> result = detector.evaluate(mislabelled(200, seed=2, flipped=0.1))
     >>> result.status.value, result.evidence["subjects"]
     ('alert', ['stream=inference'])
     """
@@ -264,24 +256,10 @@ class LabelConsistencyDetector(
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
-        """Keep the labelled reference events as neighbours and measure their own contradicted rate.
-
-        Parameters
-        ----------
-        reference
-            The reference events; ``labels`` and ``features`` (or ``embeddings``) are used.
-
-        Returns
-        -------
-        LabelConsistencyDetector
-            ``self``, fitted.
-
-        Raises
-        ------
-        ValueError
-            If the reference has fewer than ``k + 1`` labelled events, or ``space="embedding"`` and a
-            labelled reference event has no embedding (or embeddings of different lengths).
-        """
+        """Keep the labelled reference events as neighbours and measure their own contradicted rate, from
+        the reference's ``labels`` and ``features`` (or ``embeddings``). A ValueError if the reference has
+        fewer than ``k + 1`` labelled events, or ``space="embedding"`` and a labelled reference event has no
+        embedding (or embeddings of different lengths)."""
         labelled = [i for i, label in enumerate(reference.labels) if label is not None]
         if len(labelled) < self.k + 1:
             raise ValueError(
@@ -356,24 +334,8 @@ class LabelConsistencyDetector(
         return window.encoded(self._schema)[np.asarray(rows, dtype=np.intp)].astype(np.float64)
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Test, per stream, whether the window's labels disagree with their neighbours too often.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``labels``, ``streams``, ``event_ids`` and ``features`` (or
-            ``embeddings``) are used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring.
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Test, per stream, whether the window's labels disagree with their neighbours too often;
+        ``labels``, ``streams``, ``event_ids`` and ``features`` (or ``embeddings``) are used."""
         space = self.resolved_space
         n = len(window)
         labelled = [i for i, label in enumerate(window.labels) if label is not None]

@@ -42,12 +42,12 @@ from detectors.drift._stats import plain
 from detectors.encoding import FeatureSchema
 from detectors.security._clients import (
     ClientHistoryDetector,
+    ClientHistoryState,
     client_result,
     earlier_distances,
     group_by_client,
     pseudo_client_streams,
 )
-from detectors.state import DetectorState
 
 __all__ = ["ProbingDetector", "ProbingState"]
 
@@ -67,7 +67,7 @@ def _knn_mean(distances: np.ndarray, k: int) -> np.ndarray:
 
 
 @dataclass
-class ProbingState(DetectorState):
+class ProbingState(ClientHistoryState):
     """The encoding, the near-duplicate threshold and the client histories."""
 
     params: dict[str, Any]  # k, duplicate_quantile and max_history, which tau depends on
@@ -115,18 +115,12 @@ class ProbingDetector(ClientHistoryDetector[ProbingState], id="probing", threat=
 
     Examples
     --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> def batch(x, clients):
-    ...     return Batch(event_ids=[f"e{i}" for i in range(len(x))], client_ids=clients,
-    ...                  timestamps=[float(i) for i in range(len(x))],
-    ...                  features=[{f"x{j}": float(v) for j, v in enumerate(row)} for row in x])
-    >>> detector = ProbingDetector(n_calibration=20).fit(batch(rng.normal(size=(300, 4)), [None] * 300))
-    >>> clients = [f"c{i % 5}" for i in range(150)]
-    >>> detector.evaluate(batch(rng.normal(size=(150, 4)), clients)).status.value
+    >>> from detectors._examples import gaussian
+    >>> detector = ProbingDetector(n_calibration=20).fit(gaussian(300, seed=0))
+    >>> detector.evaluate(gaussian(150, seed=1, clients=5)).status.value
     'ok'
-    >>> probe = rng.normal(size=4) + rng.normal(scale=0.01, size=(40, 4))  # 40 near-copies of one input
-    >>> result = detector.evaluate(batch(probe, ["prober"] * 40))
+    >>> probe = gaussian(40, seed=2, loc=[0.5, -1, 0, 1], scale=0.01, clients="prober")  # copies of one input
+    >>> result = detector.evaluate(probe)
     >>> result.status.value, result.evidence["subjects"]
     ('alert', ['prober'])
     """
@@ -204,24 +198,10 @@ class ProbingDetector(ClientHistoryDetector[ProbingState], id="probing", threat=
         return c + 1, m - c
 
     def evaluate(self, window: Batch) -> DetectionResult:
-        """Add the window's queries to their clients' histories and test each client's near-duplicates.
-
-        Parameters
-        ----------
-        window
-            The events of one window; ``event_ids``, ``features``, ``client_ids`` and ``timestamps`` are used.
-
-        Returns
-        -------
-        DetectionResult
-            See the class docstring. Skipped when the window lacks client ids, timestamps or features, or no
-            client has ``k`` earlier queries yet (the histories are updated all the same).
-
-        Raises
-        ------
-        NotFittedError
-            If the detector has not been fitted or loaded.
-        """
+        """Add the window's queries to their clients' histories and test each client's near-duplicates;
+        ``event_ids``, ``features``, ``client_ids`` and ``timestamps`` are used. Skipped when the window lacks
+        client ids, timestamps or features, or no client has ``k`` earlier queries yet (the histories are
+        updated all the same)."""
         encoded = self._window_queries(window)
         if isinstance(encoded, DetectionResult):
             return encoded
@@ -316,24 +296,14 @@ class ProbingDetector(ClientHistoryDetector[ProbingState], id="probing", threat=
 
     # ------------------------------------------------------------------ state
 
-    def _save_state(self) -> ProbingState:
-        return ProbingState(
-            params=self._calibration(),
-            schema=self._fitted_schema().state_dict(),
-            tau=self._tau,
-            benign_median=self._benign_median,
-            n_reference=self._n_reference,
-            clients=self._clients.state_dict(),
-        )
+    def _learned_fields(self) -> dict[str, Any]:
+        return {"tau": self._tau, "benign_median": self._benign_median, "n_reference": self._n_reference}
 
-    def _load_state(self, state: ProbingState) -> None:
-        self._check_calibration(state.params)
-        schema = FeatureSchema.from_state(state.schema)
+    def _check_learned(self, state: ProbingState, schema: FeatureSchema) -> None:
         if state.n_reference < 2 * self.k + 2 or not math.isfinite(state.tau):
             raise self._malformed(f"tau={state.tau}, n_reference={state.n_reference}")
-        store = self._restore_store(schema, state.clients)
-        self._schema = schema
-        self._clients = store
+
+    def _install_learned(self, state: ProbingState) -> None:
         self._tau = state.tau
         self._benign_median = state.benign_median
         self._n_reference = state.n_reference
