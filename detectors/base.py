@@ -355,6 +355,17 @@ class Detector(abc.ABC, Generic[StateT]):
         )
 
 
+def feature_window_problem(window: Batch, min_events: int) -> str | None:
+    """Why a detector that scores each event's features cannot test ``window`` (the reason of its skipped
+    result), or None when it can."""
+    n = len(window)
+    if n < min_events:
+        return f"too few events: {n} < {min_events}"
+    if len(window.features) != n:
+        return "the window carries no features"
+    return None
+
+
 def as_float_array(values: Sequence[Sequence[float]]) -> np.ndarray:
     """A 2-D float64 array from nested sequences (helper for embeddings and encoded features)."""
     return np.asarray(values, dtype=np.float64).reshape(len(values), -1)

@@ -47,7 +47,7 @@ from scipy import stats
 from torch import nn
 
 from detectors._checks import check_choice, check_float, check_int
-from detectors.base import Batch, DetectionResult, Detector, EventScore, Threat
+from detectors.base import Batch, DetectionResult, Detector, EventScore, Threat, feature_window_problem
 from detectors.encoding import FeatureSchema
 from detectors.state import HYPERPARAMETER, DetectorState, Float32Array, Float64Array
 
@@ -432,10 +432,8 @@ class VAEAnomalyDetector(Detector[VAEAnomalyState], id="vae_anomaly", threat=Thr
         """
         self._require_fitted()
         n = len(window)
-        if n < self.min_events:
-            return self.skipped(n, f"too few events: {n} < {self.min_events}")
-        if len(window.features) != n:
-            return self.skipped(n, "the window carries no features")
+        if (problem := feature_window_problem(window, self.min_events)) is not None:
+            return self.skipped(n, problem)
         scores = self.score(window)
         k = int(np.count_nonzero(scores > self._score_threshold))
         tails = self.tail_probabilities(n)

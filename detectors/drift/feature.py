@@ -33,7 +33,7 @@ from typing import Annotated, Any, Self
 import numpy as np
 
 from detectors._checks import check_choice, check_float, check_int
-from detectors.base import Batch, DetectionResult, Detector, Threat
+from detectors.base import Batch, DetectionResult, Detector, Threat, feature_window_problem
 from detectors.drift._stats import (
     CORRECTIONS,
     adjust_family,
@@ -240,10 +240,8 @@ class FeatureDriftDetector(Detector[FeatureDriftState], id="feature_drift", thre
         the reference are ignored)."""
         self._require_fitted()
         n = len(window)
-        if n < self.min_events:
-            return self.skipped(n, f"too few events: {n} < {self.min_events}")
-        if len(window.features) != n:
-            return self.skipped(n, "the window carries no features")
+        if (problem := feature_window_problem(window, self.min_events)) is not None:
+            return self.skipped(n, problem)
         m = self.n_tests
         band = (_EXACT_BAND_LOW * self.alpha / m, 2.0 * self.alpha)
         outcomes: list[_Outcome] = []

@@ -260,29 +260,13 @@ class OutputDriftDetector(Detector[OutputDriftState], id="output_drift", threat=
                 "window": {labels[j]: plain(window_shares[j]) for j in shown},
             }
 
-        confidence = outputs.confidence[np.isfinite(outputs.confidence)]
-        if self._confidence.size and confidence.size:
-            outcome = _ks_outcome("confidence", None, self._confidence, confidence, band)
-            outcomes.append(outcome)
-            evidence["confidence"] = {
-                "reference_median": outcome.effect["reference_median"],
-                "window_median": outcome.effect["window_median"],
-                "median_shift": outcome.effect["median_shift"],
-            }
+        _median_shift_test("confidence", self._confidence, outputs.confidence, band, outcomes, evidence)
         for cls, reference in self._scores.items():
             column = outputs.scores[cls]
             present = column[np.isfinite(column)]
             if present.size:
                 outcomes.append(_ks_outcome("score", cls, reference, present, band))
-        values = outputs.values[np.isfinite(outputs.values)]
-        if self._values.size and values.size:
-            outcome = _ks_outcome("value", None, self._values, values, band)
-            outcomes.append(outcome)
-            evidence["value"] = {
-                "reference_median": outcome.effect["reference_median"],
-                "window_median": outcome.effect["window_median"],
-                "median_shift": outcome.effect["median_shift"],
-            }
+        _median_shift_test("value", self._values, outputs.values, band, outcomes, evidence)
 
         adjusted, p_value = adjust_family([o.p_value for o in outcomes], m, self.correction)
         moved = [i for i in range(len(outcomes)) if adjusted[i] < self.alpha]
@@ -347,6 +331,25 @@ def _class_counts(classes: Sequence[str | None], known: Sequence[str]) -> np.nda
         if cls is not None:
             counts[index.get(cls, len(known))] += 1
     return counts
+
+
+def _median_shift_test(
+    test: str,
+    reference: np.ndarray,
+    column: np.ndarray,
+    band: tuple[float, float],
+    outcomes: list[_Outcome],
+    evidence: dict[str, Any],
+) -> None:
+    """KS-test a window-wide output (``confidence`` or ``value``) against its reference when both have finite
+    values: append the outcome and show the two medians and their shift under ``evidence[test]``."""
+    present = column[np.isfinite(column)]
+    if reference.size and present.size:
+        outcome = _ks_outcome(test, None, reference, present, band)
+        outcomes.append(outcome)
+        evidence[test] = {
+            key: outcome.effect[key] for key in ("reference_median", "window_median", "median_shift")
+        }
 
 
 def _ks_outcome(
