@@ -16,11 +16,8 @@ import contextlib
 import re
 import socket
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from monitor.broker import EmbeddedBroker, free_port
@@ -32,7 +29,6 @@ __all__ = [
     "lag_from_metrics",
     "readiness",
     "rss_kib",
-    "wait_until",
 ]
 
 _CHUNK = 65536
@@ -50,9 +46,10 @@ class TcpProxy:
 
     Examples
     --------
-    >>> with TcpProxy(("127.0.0.1", 5432)) as proxy:  # doctest: +SKIP
-    ...     proxy.cut()  # PostgreSQL now refuses connections through the proxy
-    ...     proxy.restore()
+    >>> proxy = TcpProxy(("127.0.0.1", 5432)).start()  # doctest: +SKIP
+    >>> proxy.cut()  # doctest: +SKIP
+    >>> proxy.restore()  # doctest: +SKIP
+    >>> proxy.stop()  # doctest: +SKIP
     """
 
     def __init__(self, upstream: tuple[str, int], port: int | None = None) -> None:
@@ -137,14 +134,6 @@ class TcpProxy:
             _close(source)
             _close(target)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
@@ -177,18 +166,6 @@ class ProxiedBroker:
     def stop(self) -> None:
         self.proxy.stop()
         self.broker.stop()
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, log: Callable[[], str] = str
-) -> None:
-    """Poll ``predicate`` every 0.3 s; fail naming ``what`` (and the tail of ``log()``) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log()[-4000:]}")
 
 
 def readiness(port: int) -> tuple[int, dict[str, str]]:
@@ -239,21 +216,3 @@ def committed_offsets(bootstrap_servers: str, group_id: str, topic: str, partiti
     finally:
         consumer.close(autocommit=False)
     return {p: offset for p, offset in found.items() if offset is not None}
-
-
-@contextlib.contextmanager
-def sampling(probe: Callable[[], None], interval: float) -> Iterator[None]:
-    """Call ``probe`` every ``interval`` seconds on a thread while the block runs."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            probe()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=interval + 10)

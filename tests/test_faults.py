@@ -16,14 +16,13 @@ Outages last ``SENTINEL_FAULT_OUTAGE`` seconds: 20 in `make test` (to keep the s
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Thread
@@ -36,8 +35,20 @@ from monitor.broker import EmbeddedBroker, create_topic, free_port
 from storage import AlertStore, Store, make_engine, migrate
 from tests.conftest import service_unavailable
 from tests.daemon_process import DaemonProcess
-from tests.faults import ProxiedBroker, TcpProxy, committed_offsets, readiness, wait_until
-from tests.helpers import T0, only_detectors, windowed_traffic, write_reference
+from tests.faults import ProxiedBroker, TcpProxy, committed_offsets, readiness
+from tests.helpers import (
+    T0,
+    file_references,
+    killed_if_left,
+    log_tail,
+    only_detectors,
+    produce_events,
+    replay_settings,
+    running,
+    wait_until,
+    windowed_traffic,
+)
+from tests.stored_state import alert_states, count_events
 from tests.test_alerting_delivery import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -57,23 +68,15 @@ def daemon_config(
     bootstrap: str, topic: str, database_url: str, tmp_path: Path, api_port: int, **extra: Any
 ) -> dict[str, Any]:
     """Two models, each on its own partition; the VAE (anomaly) and output drift detectors."""
-    return {
-        "database_url": database_url,
-        "tick_interval": "0.3s",
-        # Event time only: the test's events are in the past, so wall-clock closing would close windows early.
-        "close_on_wall_clock": False,
-        "db_retry_initial": "0.2s",
-        "db_retry_max": "2s",
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "topic": topic,
-            "group_id": f"g-{topic}",
-            "bootstrap_timeout": "3s",
-            "retry_backoff_initial": "0.2s",
-            "retry_backoff_max": "2s",
-        },
-        "api": {"port": api_port},
-        "defaults": {
+    return replay_settings(
+        database_url,
+        bootstrap,
+        topic,
+        kafka={"bootstrap_timeout": "3s"},
+        db_retry_initial="0.2s",
+        db_retry_max="2s",
+        api={"port": api_port},
+        defaults={
             "window": f"{WINDOW:.0f}s",
             "allowed_lateness": "5s",
             "min_events": 30,
@@ -83,17 +86,9 @@ def daemon_config(
             },  # one failing window alerts: each stream has one corrupted window
             "detectors": only_detectors(vae_anomaly={"max_epochs": 40}, output_drift={}),
         },
-        "models": {
-            name: {
-                "reference": {
-                    "source": "file",
-                    "path": str(write_reference(tmp_path / f"{name}.jsonl", model=name)),
-                }
-            }
-            for name in MODELS
-        },
+        models=file_references(tmp_path, MODELS),
         **extra,
-    }
+    )
 
 
 def stream(plan: list[bool], start: float = T0, prefix: str = "") -> list[dict[str, Any]]:
@@ -118,27 +113,13 @@ def tail(start: float, prefix: str = "tail") -> list[dict[str, Any]]:
 
 def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """Produce each event to its model's partition; return event id -> (partition, offset)."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    futures = [
-        (
-            event["event_id"],
-            producer.send(
-                topic,
-                value=json.dumps(event).encode(),
-                key=event["model"].encode(),
-                partition=MODELS.index(event["model"]),
-            ),
-        )
-        for event in events
-    ]
-    producer.flush()
+    futures = produce_events(
+        bootstrap, topic, events, lambda _, event: MODELS.index(event["model"]), linger_ms=5, acks="all"
+    )
     placed = {}
-    for event_id, future in futures:
+    for event, future in zip(events, futures, strict=True):
         meta = future.get(timeout=30)
-        placed[event_id] = (meta.partition, meta.offset)
-    producer.close()
+        placed[event["event_id"]] = (meta.partition, meta.offset)
     return placed
 
 
@@ -156,25 +137,13 @@ def assert_each_event_once(store: Store, produced: list[dict[str, Any]], closed_
         assert starts[:closed_windows] == [T0 + WINDOW * i for i in range(closed_windows)], (model, starts)
         due = [e for e in produced if e["model"] == model and not e["event_id"].startswith("tail")]
         assert sum(w.n_events for w in windows[:closed_windows]) == len(due), (model, windows)
-        assert store.count_events(model) == sum(w.n_events for w in windows), model
+        assert count_events(store, model) == sum(w.n_events for w in windows), model
 
 
 def stop(daemon: DaemonProcess) -> None:
     """SIGTERM, expecting a clean exit; SIGKILL whatever is left if the assertion fails."""
-    try:
+    with killed_if_left(daemon):
         assert daemon.terminate() == 0, daemon.log[-4000:]
-    finally:
-        if daemon.process and daemon.process.poll() is None:
-            daemon.kill()
-
-
-def log_of(daemon: DaemonProcess) -> Callable[[], str]:
-    """The daemon's log, read when called (for a timeout's message)."""
-    return lambda: daemon.log
-
-
-def running(daemon: DaemonProcess) -> bool:
-    return daemon.process is not None and daemon.process.poll() is None
 
 
 # ----------------------------------------------------------------------------------- 1. broker outage
@@ -215,12 +184,12 @@ def broker_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerOu
     during: list[tuple[int, dict[str, str]]] = []
     daemon.start()
     try:
-        wait_until(lambda: readiness(api_port)[0] == 200, 180, "the daemon to be ready", lambda: daemon.log)
+        wait_until(lambda: readiness(api_port)[0] == 200, 180, "the daemon to be ready", log_tail(daemon))
         produce(bootstrap, topic, before)
         migrate(engine)
         store = Store(engine)
         wait_until(
-            lambda: len(stored_windows(store)[MODELS[0]]) >= 1, 120, "window 0 stored", lambda: daemon.log
+            lambda: len(stored_windows(store)[MODELS[0]]) >= 1, 120, "window 0 stored", log_tail(daemon)
         )
         broker.proxy.cut()
         cut_at = time.monotonic()
@@ -229,16 +198,14 @@ def broker_outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerOu
             time.sleep(2.0)
         alive = running(daemon)
         broker.proxy.restore()
-        wait_until(
-            lambda: readiness(api_port)[0] == 200, 120, "readiness after the outage", lambda: daemon.log
-        )
+        wait_until(lambda: readiness(api_port)[0] == 200, 120, "readiness after the outage", log_tail(daemon))
         after_outage = readiness(api_port)
         produce(bootstrap, topic, after)
         wait_until(
             lambda: all(len(ws) >= 4 for ws in stored_windows(store).values()),
             180,
             "windows 0-3 of both models",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         stop(daemon)
     finally:
@@ -291,13 +258,13 @@ def test_postgres_outage_stores_every_window_and_alert_once_and_never_commits_pa
     readiness_during: list[tuple[int, dict[str, str]]] = []
     daemon.start()
     try:
-        wait_until(lambda: readiness(api_port)[0] == 200, 180, "the daemon to be ready", lambda: daemon.log)
+        wait_until(lambda: readiness(api_port)[0] == 200, 180, "the daemon to be ready", log_tail(daemon))
         placed = produce(broker.bootstrap_servers, topic, before)
         wait_until(
             lambda: all(len(ws) >= 1 for ws in stored_windows(store).values()),
             120,
             "window 0 of both models",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         wait_until(
             lambda: (
@@ -306,7 +273,7 @@ def test_postgres_outage_stores_every_window_and_alert_once_and_never_commits_pa
             ),
             30,
             "the offsets of window 0 to be committed",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         windows_at_cut = {m: len(ws) for m, ws in stored_windows(store).items()}
         assert windows_at_cut == {m: 1 for m in MODELS}
@@ -327,13 +294,13 @@ def test_postgres_outage_stores_every_window_and_alert_once_and_never_commits_pa
             lambda: all(len(ws) >= 4 for ws in stored_windows(store).values()),
             180,
             "windows 0-3 of both models after the outage",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         wait_until(
-            lambda: {a.model for a in alerts.alert_states()} == set(MODELS),
+            lambda: {a.model for a in alert_states(alerts)} == set(MODELS),
             60,
             "the alerts due during the outage",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         stop(daemon)
     finally:
@@ -353,7 +320,7 @@ def test_postgres_outage_stores_every_window_and_alert_once_and_never_commits_pa
     failing = {
         (r.model, r.detector) for m in MODELS for r in store.window_results(model=m) if r.status == "alert"
     }
-    states = alerts.alert_states()
+    states = alert_states(alerts)
     assert failing and {(a.model, a.detector) for a in states} == failing
     assert all(n == 1 for n in Counter(a.fingerprint for a in states).values())
     assert {("fault-a", "output_drift"), ("fault-b", "output_drift")} <= failing
@@ -402,7 +369,7 @@ def test_webhook_receiver_down_every_notification_arrives_in_order_with_each_att
         alerts = AlertStore(engine)
 
         def every_alert_resolved_and_notified() -> bool:
-            states = alerts.alert_states()
+            states = alert_states(alerts)
             return (
                 {a.model for a in states} == set(MODELS)
                 and all(a.state == "resolved" for a in states)
@@ -410,7 +377,7 @@ def test_webhook_receiver_down_every_notification_arrives_in_order_with_each_att
             )
 
         wait_until(
-            every_alert_resolved_and_notified, 180, "firing and resolved notifications", lambda: daemon.log
+            every_alert_resolved_and_notified, 180, "firing and resolved notifications", log_tail(daemon)
         )
         time.sleep(receiver_down)
         refused = {d.id: alerts.attempts(d.id) for d in alerts.deliveries()}
@@ -420,7 +387,7 @@ def test_webhook_receiver_down_every_notification_arrives_in_order_with_each_att
             lambda: all(d.state == "delivered" for d in alerts.deliveries()),
             60,
             "every delivery after the receiver came back",
-            lambda: daemon.log,
+            log_tail(daemon),
         )
         stop(daemon)
     finally:
@@ -429,7 +396,7 @@ def test_webhook_receiver_down_every_notification_arrives_in_order_with_each_att
             daemon.kill()
 
     deliveries = alerts.deliveries()
-    states = alerts.alert_states()
+    states = alert_states(alerts)
     assert {a.model for a in states} == set(MODELS) and all(a.state == "resolved" for a in states)
     # Every attempt recorded: the refusals while the receiver was down, then exactly one delivered.
     for delivery in deliveries:
@@ -478,7 +445,7 @@ def snapshot(database_url: str) -> dict[str, Any]:
             for m in MODELS
             for w in store.windows(m)
         )
-        states = alerts.alert_states()
+        states = alert_states(alerts)
         fingerprint = {a.id: a.fingerprint for a in states}
         return {
             "windows": windows,
@@ -486,7 +453,7 @@ def snapshot(database_url: str) -> dict[str, Any]:
             "deliveries": sorted(
                 (fingerprint[d.alert_id], d.channel, d.reason, d.state) for d in alerts.deliveries()
             ),
-            "events": {m: store.count_events(m) for m in MODELS},
+            "events": {m: count_events(store, m) for m in MODELS},
         }
     finally:
         engine.dispose()
@@ -547,7 +514,7 @@ def test_sigkill_at_random_points_leaves_the_same_windows_alerts_and_deliveries_
         tmp_path,
     ).start()
     try:
-        wait_until(lambda: readiness(port)[0] == 200, 180, "the detectors to be fitted", lambda: fitting.log)
+        wait_until(lambda: readiness(port)[0] == 200, 180, "the detectors to be fitted", log_tail(fitting))
         stop(fitting)
     finally:
         if running(fitting):
@@ -572,13 +539,13 @@ def test_sigkill_at_random_points_leaves_the_same_windows_alerts_and_deliveries_
                     continue
                 producer.join(timeout=60)
                 if expected is None:
-                    wait_until(lambda: finished(database_url), 180, f"run {run} to finish", log_of(daemon))
+                    wait_until(lambda: finished(database_url), 180, f"run {run} to finish", log_tail(daemon))
                 else:
                     wait_until(
                         lambda: snapshot(database_url) == expected,
                         120,
                         f"run {run} to match the undisturbed run",
-                        log_of(daemon),
+                        log_tail(daemon),
                     )
                 stop(daemon)
                 assert "Traceback" not in daemon.log

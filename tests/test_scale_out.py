@@ -8,7 +8,6 @@ and the totals still equal what was produced, with each window and each alert st
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -20,7 +19,16 @@ import pytest
 from monitor.broker import EmbeddedBroker, create_topic
 from storage import AlertStore, Store, make_engine, migrate
 from tests.daemon_process import DaemonProcess
-from tests.helpers import T0, windowed_traffic, write_reference
+from tests.helpers import (
+    T0,
+    file_references,
+    log_tail,
+    produce_events,
+    replay_settings,
+    wait_until,
+    windowed_traffic,
+)
+from tests.stored_state import alert_states, count_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -31,19 +39,12 @@ PER_WINDOW = 120
 def config(
     broker: EmbeddedBroker, topic: str, database_url: str, tmp_path: Path, api_port: int
 ) -> dict[str, Any]:
-    return {
-        "database_url": database_url,
-        "tick_interval": "0.3s",
-        "close_on_wall_clock": False,  # event time only: the test's events are in the past
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "topic": topic,
-            "group_id": f"g-{topic}",
-            "retry_backoff_initial": "0.2s",
-            "retry_backoff_max": "2s",
-        },
-        "api": {"port": api_port},
-        "defaults": {
+    return replay_settings(
+        database_url,
+        broker.bootstrap_servers,
+        topic,
+        api={"port": api_port},
+        defaults={
             "persistence": {"k": 1, "n": 1},  # one failing window alerts: the test has one corrupted window
             "window": "60s",
             "allowed_lateness": "5s",
@@ -56,39 +57,14 @@ def config(
                 "performance": False,
             },
         },
-        "models": {
-            name: {
-                "reference": {
-                    "source": "file",
-                    "path": str(write_reference(tmp_path / f"{name}.jsonl", model=name)),
-                }
-            }
-            for name in MODELS
-        },
-    }
+        models=file_references(tmp_path, MODELS),
+    )
 
 
 def produce(broker: EmbeddedBroker, topic: str, events: list[dict[str, Any]]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-    for event in events:
-        model = event["model"]
-        producer.send(
-            topic, value=json.dumps(event).encode(), key=model.encode(), partition=MODELS.index(model)
-        )
-    producer.flush()
-    producer.close()
-
-
-def wait_until(predicate: Any, timeout: float, what: str, *daemons: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    logs = "\n\n".join(d.log[-3000:] for d in daemons)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+    produce_events(
+        broker.bootstrap_servers, topic, events, lambda _, event: MODELS.index(event["model"]), linger_ms=5
+    )
 
 
 def test_two_replicas_share_the_models_and_one_takes_over_when_the_other_dies(
@@ -123,7 +99,7 @@ def test_two_replicas_share_the_models_and_one_takes_over_when_the_other_dies(
     ]
 
     def alert_per_model() -> bool:
-        return {a.model for a in alerts.alert_states()} == set(MODELS)
+        return {a.model for a in alert_states(alerts)} == set(MODELS)
 
     try:
         first.wait_for("running", timeout=180)
@@ -132,12 +108,16 @@ def test_two_replicas_share_the_models_and_one_takes_over_when_the_other_dies(
             lambda: first.count("assigned partitions") > 0 and second.count("assigned partitions") > 0,
             120,
             "both replicas to be assigned partitions",
-            first,
-            second,
+            log_tail(first, second, chars=3000),
         )
         time.sleep(3.0)  # let the rebalance caused by the second join settle
         produce(broker, topic, phase_one)
-        wait_until(lambda: windows_stored(2), 180, "windows 0 and 1 of every model", first, second)
+        wait_until(
+            lambda: windows_stored(2),
+            180,
+            "windows 0 and 1 of every model",
+            log_tail(first, second, chars=3000),
+        )
         owners = {m: [d for d in (first, second) if d.count(f"window {m} [")] for m in MODELS}
         assert all(len(o) == 1 for o in owners.values()), "each model's windows are stored by one replica"
         assert {id(o[0]) for o in owners.values()} == {id(first), id(second)}, "both replicas did work"
@@ -146,8 +126,13 @@ def test_two_replicas_share_the_models_and_one_takes_over_when_the_other_dies(
 
     try:
         produce(broker, topic, phase_two + tail)
-        wait_until(lambda: windows_stored(4), 240, "windows 0-3 of every model after the takeover", second)
-        wait_until(alert_per_model, 60, "an alert per model", second)
+        wait_until(
+            lambda: windows_stored(4),
+            240,
+            "windows 0-3 of every model after the takeover",
+            log_tail(second, chars=3000),
+        )
+        wait_until(alert_per_model, 60, "an alert per model", log_tail(second, chars=3000))
         assert second.terminate() == 0
     finally:
         if second.process and second.process.poll() is None:
@@ -159,10 +144,10 @@ def test_two_replicas_share_the_models_and_one_takes_over_when_the_other_dies(
         assert starts == [T0 + 60 * i for i in range(4)], (model, starts)
         # Every produced event is in exactly one stored window: nothing lost to the kill, nothing twice.
         assert [w.n_events for w in windows[:4]] == [PER_WINDOW] * 4, (model, windows)
-        assert store.count_events(model) == 4 * PER_WINDOW + sum(w.n_events for w in windows[4:])
+        assert count_events(store, model) == 4 * PER_WINDOW + sum(w.n_events for w in windows[4:])
     # One alert per model for the corrupted window, whichever replica's engine saw it first.
-    per_fingerprint = Counter(a.fingerprint for a in alerts.alert_states())
+    per_fingerprint = Counter(a.fingerprint for a in alert_states(alerts))
     assert all(n == 1 for n in per_fingerprint.values())
-    assert sorted({a.model for a in alerts.alert_states()}) == MODELS
+    assert sorted({a.model for a in alert_states(alerts)}) == MODELS
     assert "Traceback" not in second.log
     engine.dispose()

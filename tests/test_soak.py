@@ -28,8 +28,9 @@ from monitor.broker import EmbeddedBroker, create_topic, free_port
 from monitor.demo.data import live_events
 from storage import Store, make_engine, migrate
 from tests.daemon_process import DaemonProcess
-from tests.faults import lag_from_metrics, readiness, rss_kib, wait_until
-from tests.helpers import only_detectors, write_reference
+from tests.faults import lag_from_metrics, readiness, rss_kib
+from tests.helpers import file_references, kafka_settings, log_tail, only_detectors, wait_until
+from tests.stored_state import count_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -48,26 +49,16 @@ def soak_config(
     return {
         "database_url": database_url,
         "tick_interval": "0.5s",
-        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": f"g-{topic}"},
+        "kafka": kafka_settings(bootstrap, topic),
         "api": {"port": api_port},
         "defaults": {
             "window": f"{WINDOW:.0f}s",
             "allowed_lateness": "2s",
             "min_events": 30,
             # The VAE (the costliest detector per event) and two cheap ones, on every model.
-            "detectors": only_detectors(
-                vae_anomaly={"max_epochs": 40}, output_drift={}, feature_drift={}
-            ),
+            "detectors": only_detectors(vae_anomaly={"max_epochs": 40}, output_drift={}, feature_drift={}),
         },
-        "models": {
-            name: {
-                "reference": {
-                    "source": "file",
-                    "path": str(write_reference(tmp_path / f"{name}.jsonl", name)),
-                }
-            }
-            for name in MODELS
-        },
+        "models": file_references(tmp_path, MODELS),
     }
 
 
@@ -124,7 +115,7 @@ def test_twenty_models_at_a_sustained_rate_keep_memory_flat_and_lag_bounded(
     samples: list[tuple[float, int, int | None]] = []  # (seconds into the soak, RSS KiB, lag)
     producer = Producer(broker.bootstrap_servers, topic, RATE)
     try:
-        wait_until(lambda: readiness(api_port)[0] == 200, 300, "20 fitted models", lambda: daemon.log)
+        wait_until(lambda: readiness(api_port)[0] == 200, 300, "20 fitted models", log_tail(daemon))
         assert daemon.process is not None
         producer.start()
         started = time.monotonic()
@@ -135,7 +126,7 @@ def test_twenty_models_at_a_sustained_rate_keep_memory_flat_and_lag_bounded(
         producer.join(timeout=60)
         held = producer.sent / (time.monotonic() - started)
         # Intake catches up once the producer stops: the lag drains.
-        wait_until(lambda: (lag_from_metrics(api_port) or 0) == 0, 60, "the lag to drain", lambda: daemon.log)
+        wait_until(lambda: (lag_from_metrics(api_port) or 0) == 0, 60, "the lag to drain", log_tail(daemon))
         assert daemon.terminate() == 0, daemon.log[-4000:]
     finally:
         producer.halt.set()
@@ -165,7 +156,7 @@ def test_twenty_models_at_a_sustained_rate_keep_memory_flat_and_lag_bounded(
     assert all(len(store.windows(m)) >= expected_windows for m in MODELS), {
         m: len(store.windows(m)) for m in MODELS
     }
-    assert sum(store.count_events(m) for m in MODELS) <= producer.sent
+    assert sum(count_events(store, m) for m in MODELS) <= producer.sent
     engine.dispose()
     errors = [line for line in daemon.lines if " ERROR " in line or "Traceback" in line or "CRITICAL" in line]
     assert not errors, errors[:20]
