@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--severity", help="info, warning or critical; several separated by commas")
     alerts.add_argument("--since", help="RFC 3339 time, or a duration back from now such as 2h or 1d")
     alerts.add_argument("--limit", type=int, default=50)
-    alerts.add_argument("--json", action="store_true", help="the alerts in the contract's JSON shape")
+    alerts.add_argument("--json", action="store_true", help="the alerts as JSON, as the API shows them")
 
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     mig.add_argument("--config", type=Path)

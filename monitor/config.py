@@ -30,7 +30,7 @@ from monitor.errors import ConfigError
 from monitor.intake.parsing import MODEL_ID
 from monitor.settings_base import Duration, StrictSettings, parse_duration
 
-# Every detector of the contract that works on the logged events alone.
+# Every detector id that works on the logged events alone.
 DEFAULT_DETECTORS = (
     "vae_anomaly",
     "latent_drift",

@@ -1,4 +1,4 @@
-"""The HTTP API (contract section 5) through FastAPI's TestClient, on SQLite and PostgreSQL.
+"""The HTTP API (the `/v1` routes, probes, metrics) through TestClient, on SQLite and PostgreSQL.
 
 Alerts are written the way the alert engine writes them: :meth:`AlertStore.evaluation` and
 :meth:`AlertWork.save_alert`, in one transaction each.

@@ -84,7 +84,7 @@ class _Out(BaseModel):
 
 
 class AlertOut(_Out):
-    """An alert in the contract's shape (section 4)."""
+    """An alert as the API, the webhook body and `sentinel alerts --json` all show it."""
 
     id: int
     fingerprint: str

@@ -1,4 +1,4 @@
-"""Parse and validate one Kafka message into an event (contract section 1).
+"""Parse and validate one Kafka message into an event (the prediction and feedback event format).
 
 :func:`parse_message` either returns a :class:`PredictionEvent` / :class:`FeedbackEvent` or raises
 :class:`~monitor.errors.IntakeError` with a reason fit for the dead-letter store. It never raises anything
