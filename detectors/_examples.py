@@ -15,7 +15,10 @@ import numpy as np
 
 from detectors.base import Batch, Detector
 
-__all__ = ["classes", "gaussian", "joined", "mislabelled", "statuses"]
+__all__ = ["TINY_VAE", "classes", "flagged", "gaussian", "joined", "mislabelled", "statuses"]
+
+TINY_VAE: dict[str, Any] = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
+"""Parameters of a VAE small enough to train in a doctest (for the detectors that hold one inside)."""
 
 
 def _event_ids(n: int) -> list[str]:
@@ -153,3 +156,10 @@ def joined(*batches: Batch) -> Batch:
 def statuses(detector: Detector[Any], *windows: Batch) -> tuple[str, ...]:
     """The detector's status (``"ok"``, ``"alert"`` or ``"skipped"``) on each window, in order."""
     return tuple(detector.evaluate(window).status.value for window in windows)
+
+
+def flagged(detector: Detector[Any], *windows: Batch) -> tuple[tuple[str, list[str]], ...]:
+    """The detector's status on each window, in order, with the subjects it flags there
+    (``evidence["subjects"]``; [] when it flags none)."""
+    results = [detector.evaluate(window) for window in windows]
+    return tuple((result.status.value, list(result.evidence.get("subjects", []))) for result in results)

@@ -107,15 +107,11 @@ class BackdoorDetector(Detector[BackdoorState], id="backdoor", threat=Threat.BAC
 
     Examples
     --------
-    >>> from detectors._examples import gaussian, joined
-    >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
-    >>> detector = BackdoorDetector(vae=tiny).fit(gaussian(300, seed=0))
-    >>> detector.evaluate(gaussian(200, seed=1)).status.value
-    'ok'
+    >>> from detectors._examples import TINY_VAE, flagged, gaussian, joined
+    >>> detector = BackdoorDetector(vae=TINY_VAE).fit(gaussian(300, seed=0))
     >>> triggered = gaussian(20, seed=2, loc=[1, 0, 0, 6], scale=[0.2, 1, 1, 1])  # a trigger in x3, class "a"
-    >>> result = detector.evaluate(joined(gaussian(180, seed=3), triggered))
-    >>> result.status.value, result.evidence["subjects"]
-    ('alert', ['class=a'])
+    >>> flagged(detector, gaussian(200, seed=1), joined(gaussian(180, seed=3), triggered))
+    (('ok', []), ('alert', ['class=a']))
     """
 
     def __init__(

@@ -135,15 +135,11 @@ class EvasionDetector(Detector[EvasionState], id="evasion", threat=Threat.ROBUST
 
     Examples
     --------
-    >>> from detectors._examples import gaussian, joined
-    >>> tiny = {"hidden_dim": 8, "latent_dim": 2, "max_epochs": 20}
-    >>> detector = EvasionDetector(vae=tiny).fit(gaussian(400, seed=0))
-    >>> detector.evaluate(gaussian(160, seed=1, clients=8)).status.value
-    'ok'
+    >>> from detectors._examples import TINY_VAE, flagged, gaussian, joined
+    >>> detector = EvasionDetector(vae=TINY_VAE).fit(gaussian(400, seed=0))
     >>> evading = gaussian(20, seed=2, loc=[0, 0, 0, 6], clients="c0", confidence=0.99)  # off-distribution
-    >>> result = detector.evaluate(joined(evading, gaussian(140, seed=3, clients=8)))
-    >>> result.status.value, result.evidence["subjects"]
-    ('alert', ['c0'])
+    >>> flagged(detector, gaussian(160, seed=1, clients=8), joined(evading, gaussian(140, seed=3, clients=8)))
+    (('ok', []), ('alert', ['c0']))
     """
 
     calibrated_with = ("confidence_quantile", "margin_quantile", "calibration_share")

@@ -187,14 +187,12 @@ class ExtractionDetector(
 
     Examples
     --------
-    >>> from detectors._examples import gaussian, joined
+    >>> from detectors._examples import flagged, gaussian, joined
     >>> detector = ExtractionDetector(alpha=0.05, min_queries=20, n_calibration=40).fit(gaussian(300, seed=0))
-    >>> detector.evaluate(gaussian(180, seed=1, clients=6)).status.value
-    'ok'
-    >>> stealing = gaussian(60, seed=2, scale=12.0, clients="thief")  # spread far over the inputs
-    >>> result = detector.evaluate(joined(stealing, gaussian(180, seed=3, clients=6)))
-    >>> result.status.value, result.evidence["subjects"], result.evidence["findings"][0]["signal"]
-    ('alert', ['thief'], 'distance')
+    >>> stealing = gaussian(60, seed=2, scale=12.0, clients="thief")  # spread far over the inputs: "distance"
+    >>> benign = gaussian(180, seed=3, clients=6)
+    >>> flagged(detector, gaussian(180, seed=1, clients=6), joined(stealing, benign))
+    (('ok', []), ('alert', ['thief']))
     """
 
     calibrated_with = ("min_queries", "max_history")

@@ -131,13 +131,10 @@ class GroupOutcomeDetector(Detector[GroupOutcomeState], id="group_outcome", thre
 
     Examples
     --------
-    >>> from detectors._examples import classes
+    >>> from detectors._examples import classes, flagged
     >>> detector = GroupOutcomeDetector().fit(classes(600, seed=0))
-    >>> detector.evaluate(classes(300, seed=1)).status.value
-    'ok'
-    >>> result = detector.evaluate(classes(300, seed=2, north_share_of_a=0.9))
-    >>> result.status.value, result.evidence["subjects"]
-    ('alert', ['region=north'])
+    >>> flagged(detector, classes(300, seed=1), classes(300, seed=2, north_share_of_a=0.9))
+    (('ok', []), ('alert', ['region=north']))
     """
 
     def __init__(

@@ -190,13 +190,10 @@ class LabelConsistencyDetector(
 
     Examples
     --------
-    >>> from detectors._examples import mislabelled
+    >>> from detectors._examples import flagged, mislabelled
     >>> detector = LabelConsistencyDetector().fit(mislabelled(400, seed=0))
-    >>> detector.evaluate(mislabelled(200, seed=1)).status.value
-    'ok'
-    >>> result = detector.evaluate(mislabelled(200, seed=2, flipped=0.1))
-    >>> result.status.value, result.evidence["subjects"]
-    ('alert', ['stream=inference'])
+    >>> flagged(detector, mislabelled(200, seed=1), mislabelled(200, seed=2, flipped=0.1))  # 10% flipped
+    (('ok', []), ('alert', ['stream=inference']))
     """
 
     def __init__(

@@ -115,14 +115,11 @@ class ProbingDetector(ClientHistoryDetector[ProbingState], id="probing", threat=
 
     Examples
     --------
-    >>> from detectors._examples import gaussian
+    >>> from detectors._examples import flagged, gaussian
     >>> detector = ProbingDetector(n_calibration=20).fit(gaussian(300, seed=0))
-    >>> detector.evaluate(gaussian(150, seed=1, clients=5)).status.value
-    'ok'
     >>> probe = gaussian(40, seed=2, loc=[0.5, -1, 0, 1], scale=0.01, clients="prober")  # copies of one input
-    >>> result = detector.evaluate(probe)
-    >>> result.status.value, result.evidence["subjects"]
-    ('alert', ['prober'])
+    >>> flagged(detector, gaussian(150, seed=1, clients=5), probe)
+    (('ok', []), ('alert', ['prober']))
     """
 
     calibrated_with = ("k", "duplicate_quantile", "max_history")
