@@ -26,13 +26,13 @@ from typing import Annotated, Self
 import numpy as np
 
 from detectors._checks import check_choice, check_float, check_int
-from detectors.base import Batch, DetectionResult, Detector, Threat
+from detectors.base import Batch, DetectionResult, Threat
+from detectors.drift._labelled import LabelledTaskDetector
 from detectors.drift._stats import (
     CORRECTIONS,
     TASKS,
     adjust_pvalues,
     class_mix_tests,
-    infer_task,
     ks_critical_value,
     ks_test,
     parse_float,
@@ -54,7 +54,7 @@ class LabelDriftState(DetectorState):
     values: Float64Array
 
 
-class LabelDriftDetector(Detector[LabelDriftState], id="label_drift", threat=Threat.INTEGRITY):
+class LabelDriftDetector(LabelledTaskDetector[LabelDriftState], id="label_drift", threat=Threat.INTEGRITY):
     """Flags windows whose labelled events have a different label mix from the reference.
 
     Parameters
@@ -113,16 +113,6 @@ class LabelDriftDetector(Detector[LabelDriftState], id="label_drift", threat=Thr
         self._counts = np.empty(0, dtype=np.int64)  # per class, then "other"
         self._values = np.empty(0, dtype=np.float64)  # sorted label values (regression)
 
-    @property
-    def fitted(self) -> bool:
-        return self._task is not None
-
-    @property
-    def resolved_task(self) -> str:
-        """``"classification"`` or ``"regression"``, as decided at ``fit``."""
-        self._require_fitted()
-        return str(self._task)
-
     # ------------------------------------------------------------------ fitting
 
     def fit(self, reference: Batch) -> Self:
@@ -135,7 +125,7 @@ class LabelDriftDetector(Detector[LabelDriftState], id="label_drift", threat=Thr
                 f"{self.id}: the reference has {len(labels)} labelled events, at least "
                 f"min_labelled={self.min_labelled} are needed"
             )
-        task = self.task if self.task != "auto" else infer_task(reference.labels, reference.predictions)
+        task = self._resolve_task(reference)
         if task == "regression":
             values = [parse_float(label) for label in labels]
             if any(v is None for v in values):

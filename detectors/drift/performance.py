@@ -30,11 +30,11 @@ import numpy as np
 from scipy import stats
 
 from detectors._checks import check_choice, check_float, check_int
-from detectors.base import Batch, DetectionResult, Detector, Threat
+from detectors.base import Batch, DetectionResult, Threat
+from detectors.drift._labelled import LabelledTaskDetector
 from detectors.drift._stats import (
     TASKS,
     excess_test,
-    infer_task,
     parse_float,
     plain,
     predicted_class,
@@ -91,7 +91,7 @@ class PerformanceState(DetectorState):
     absolute_errors: Float64Array
 
 
-class PerformanceDetector(Detector[PerformanceState], id="performance", threat=Threat.INTEGRITY):
+class PerformanceDetector(LabelledTaskDetector[PerformanceState], id="performance", threat=Threat.INTEGRITY):
     """Flags windows whose labelled events show a lower accuracy (or larger errors) than the reference.
 
     Parameters
@@ -140,16 +140,6 @@ class PerformanceDetector(Detector[PerformanceState], id="performance", threat=T
         self._absolute_errors = np.empty(0, dtype=np.float64)  # sorted (regression)
 
     @property
-    def fitted(self) -> bool:
-        return self._task is not None
-
-    @property
-    def resolved_task(self) -> str:
-        """``"classification"`` or ``"regression"``, as decided at ``fit``."""
-        self._require_fitted()
-        return str(self._task)
-
-    @property
     def reference_accuracy(self) -> float:
         """Accuracy on the reference's labelled events (classification)."""
         self._require_fitted()
@@ -164,7 +154,7 @@ class PerformanceDetector(Detector[PerformanceState], id="performance", threat=T
         The reference predictions must come from data the model was not trained on, or its accuracy is
         optimistic and every window will look worse.
         """
-        task = self.task if self.task != "auto" else infer_task(reference.labels, reference.predictions)
+        task = self._resolve_task(reference)
         if task == "regression":
             errors, _ = _absolute_errors(reference)
             n = errors.size
