@@ -6,7 +6,9 @@ Validated once at start. Every fault is reported with the key's dotted path and 
       models.fraud-scorer.window: must be a positive duration such as '60s', '5m' or 300 (got '-1m')
 
 Environment variables map onto keys with ``__`` as the nesting separator and values parsed as YAML
-scalars: ``SENTINEL_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``SENTINEL_DEFAULTS__WINDOW=5m``.
+scalars: ``SENTINEL_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``SENTINEL_DEFAULTS__WINDOW=5m``. A bad value
+from one is reported under the variable's name (``SENTINEL_DEFAULTS__WINDOW: defaults.window: …``); a
+variable that names no setting, such as a Kubernetes service link, is ignored (:mod:`monitor.settings_env`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from monitor.api.settings import ApiSettings
 from monitor.errors import ConfigError
 from monitor.intake.parsing import MODEL_ID
 from monitor.settings_base import Duration, StrictSettings, parse_duration
+from monitor.settings_env import EnvironmentSettings, read_environment
 
 # Every detector id that works on the logged events alone.
 DEFAULT_DETECTORS = (
@@ -47,9 +50,6 @@ DEFAULT_DETECTORS = (
 )
 # Detectors that run a VAE of their own on the inputs: it gets vae_anomaly's network settings.
 VAE_USERS = ("backdoor", "evasion")
-ENV_PREFIX = "SENTINEL_"
-# Variables with the prefix that are not configuration keys.
-ENV_RESERVED = {"SENTINEL_CONFIG", "SENTINEL_REQUIRE_SERVICES"}
 
 
 def _default_detectors() -> dict[str, dict[str, Any] | bool | None]:
@@ -310,47 +310,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def _env_value(raw: str) -> Any:
-    """An environment value as YAML when it is one unambiguously, else the string as given.
-
-    Lists and mappings (``[a, b]``, ``{k: v}``) are parsed; a scalar only when YAML reads it back to the
-    same text (``true``, ``300``, ``0.5``, ``null``). So secrets stay intact: ``#x`` is not a comment,
-    ``00123`` not the number 123, ``a: b`` not a mapping; typed fields convert the strings themselves.
-    A quoted value (``"…"``, ``'…'``) is the YAML string inside the quotes.
-    """
-    if raw == "":
-        return None
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    text = raw.strip()
-    if text.startswith(("[", "{")) or (len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"):
-        return value  # structured, or a quoted string (the chart quotes its Secret values)
-    if isinstance(value, str | dict | list):
-        return raw
-    return value if yaml.safe_dump(value).removesuffix("\n...\n").strip() == raw.strip() else raw
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        if path[0] == "models" and len(path) > 1:
-            # Model ids are case-sensitive; keep the original spelling.
-            path[1] = name[len(ENV_PREFIX) :].split("__")[1]
-        value = _env_value(raw)
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError([(name, "conflicts with another SENTINEL_ variable")])
-        node[path[-1]] = value
-    return tree
-
-
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
     """Read, merge and validate the configuration; raise :class:`ConfigError` naming every bad key."""
     environ = os.environ if environ is None else environ
@@ -368,15 +327,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError([("--config", f"{str(path)!r} must hold a mapping at the top level")])
         data = loaded or {}
-    data = _deep_merge(data, _env_overrides(environ))
+    environment = read_environment(AppConfig, environ)
+    data = _deep_merge(data, environment.tree)
     try:
         return AppConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+        raise ConfigError([_describe(error, environment) for error in exc.errors()]) from None
 
 
-def _describe(error: Any) -> tuple[str, str]:
-    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: Any, environment: EnvironmentSettings) -> tuple[str, str]:
+    """``(where, reason)`` for one refused key: a value from the environment is named by its variable."""
+    loc = tuple(str(part) for part in error["loc"])
+    path = ".".join(loc) or "(top level)"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -385,4 +347,9 @@ def _describe(error: Any) -> tuple[str, str]:
         message = "required key is missing"
     elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
         message = f"{message} (got {error['input']!r})"
+    if (variable := environment.variable_at(loc)) is not None:
+        return variable, f"{path}: {message}"
+    if below := environment.variables_below(loc):
+        # A check across a section's keys, some of which the environment set.
+        return path, f"{message} (environment: {', '.join(below)})"
     return path, message

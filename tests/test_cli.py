@@ -18,6 +18,7 @@ from storage import AlertStore, make_engine
 from storage.crypto import generate_key, key_file_for
 from storage.migrate import alembic_config
 from tests.daemon_process import DaemonProcess
+from tests.test_config import service_links
 
 SENTINEL = str(Path(sys.executable).with_name("sentinel"))
 
@@ -42,6 +43,29 @@ def test_bad_environment_fails_naming_the_key() -> None:
     result = run_cli("run", env={"SENTINEL_DEFAULTS__MIN_EVENTS": "many"})
     assert result.returncode == 2
     assert "defaults.min_events" in result.stderr
+
+
+def test_service_links_and_unknown_variables_do_not_stop_a_command(tmp_path: Path) -> None:
+    # What a kubelet adds for the chart's Service (`helm install sentinel ./helm`) and for another one.
+    links = {
+        **service_links("sentinel", "10.96.0.10", [("http", 8080, "TCP")]),
+        **service_links("sentinel-api", "10.96.0.11", [("http", 80, "TCP"), ("metrics", 9100, "TCP")]),
+    }
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    assert run_cli("migrate", "--db", db, env=links).returncode == 0
+    result = run_cli("alerts", "--db", db, env=links)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # service links are ignored silently
+    result = run_cli("alerts", "--db", db, env={**links, "SENTINEL_KAFKA_TOPIC": "x"})
+    assert result.returncode == 0, result.stderr
+    assert "SENTINEL_KAFKA_TOPIC" in result.stderr and "SENTINEL_KAFKA__TOPIC" in result.stderr
+
+
+def test_bad_environment_value_fails_naming_the_variable() -> None:
+    result = run_cli("run", env={"SENTINEL_KAFKA__MAX_POLL_RECORDS": "lots"})
+    assert result.returncode == 2
+    assert "SENTINEL_KAFKA__MAX_POLL_RECORDS: kafka.max_poll_records:" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -93,10 +94,113 @@ def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, key: str, frag
     assert key in str(exc.value)
 
 
-def test_bad_environment_value_names_the_key() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("SENTINEL_KAFKA__MAX_POLL_RECORDS", "lots", "kafka.max_poll_records"),
+        ("SENTINEL_DATABASE_URL", "mysql://x", "database_url"),
+        ("SENTINEL_MODELS__Fraud.Model-2__WINDOW", "often", "models.Fraud.Model-2.window"),
+        ("SENTINEL_DEFAULTS__REFERENCE__WARMUP_EVENTS", "3", "defaults.reference.warmup_events"),
+    ],
+)
+def test_bad_environment_value_names_the_variable_and_the_key(variable: str, value: str, key: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        load_config(environ={"SENTINEL_KAFKA__MAX_POLL_RECORDS": "lots"})
-    assert "kafka.max_poll_records" in problems(exc)
+        load_config(environ={variable: value})
+    assert problems(exc)[variable].startswith(f"{key}: "), problems(exc)
+    assert f"  {variable}: {key}: " in str(exc.value)
+
+
+def test_a_section_check_names_the_variables_that_set_its_keys() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={"SENTINEL_DEFAULTS__DETECTORS__VAE_ANOMALY__QUANTILE": "7"})
+    reason = problems(exc)["defaults.detectors"]
+    assert "quantile" in reason and "SENTINEL_DEFAULTS__DETECTORS__VAE_ANOMALY__QUANTILE" in reason
+
+
+# ------------------------------------------------------------------------- variables that name no setting
+
+
+def service_links(service: str, cluster_ip: str, ports: list[tuple[str, int, str]]) -> dict[str, str]:
+    """The variables a kubelet adds to every pod for one Service (Kubernetes' pkg/kubelet/envvars).
+
+    ``ports`` are ``(name, port, protocol)``; the first port also gives ``<NAME>_SERVICE_PORT`` and
+    ``<NAME>_PORT``.
+    """
+    prefix = service.upper().replace("-", "_")
+    host_port = f"[{cluster_ip}]" if ":" in cluster_ip else cluster_ip
+    _, first_port, first_protocol = ports[0]
+    links = {
+        f"{prefix}_SERVICE_HOST": cluster_ip,
+        f"{prefix}_SERVICE_PORT": str(first_port),
+        f"{prefix}_PORT": f"{first_protocol.lower()}://{host_port}:{first_port}",
+    }
+    for name, port, protocol in ports:
+        if name:
+            links[f"{prefix}_SERVICE_PORT_{name.upper().replace('-', '_')}"] = str(port)
+        port_prefix = f"{prefix}_PORT_{port}_{protocol}"
+        links[port_prefix] = f"{protocol.lower()}://{host_port}:{port}"
+        links[f"{port_prefix}_PROTO"] = protocol.lower()
+        links[f"{port_prefix}_PORT"] = str(port)
+        links[f"{port_prefix}_ADDR"] = cluster_ip
+    return links
+
+
+def test_the_service_links_of_the_chart_s_service_are_exactly_these() -> None:
+    # `helm install sentinel ./helm` names the Service `sentinel`, with one port named http.
+    assert service_links("sentinel", "10.96.0.10", [("http", 8080, "TCP")]) == {
+        "SENTINEL_SERVICE_HOST": "10.96.0.10",
+        "SENTINEL_SERVICE_PORT": "8080",
+        "SENTINEL_SERVICE_PORT_HTTP": "8080",
+        "SENTINEL_PORT": "tcp://10.96.0.10:8080",
+        "SENTINEL_PORT_8080_TCP": "tcp://10.96.0.10:8080",
+        "SENTINEL_PORT_8080_TCP_PROTO": "tcp",
+        "SENTINEL_PORT_8080_TCP_PORT": "8080",
+        "SENTINEL_PORT_8080_TCP_ADDR": "10.96.0.10",
+    }
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        service_links("sentinel", "10.96.0.10", [("http", 8080, "TCP")]),
+        service_links("sentinel", "10.96.0.11", [("", 80, "TCP")]),  # an unnamed port
+        service_links("sentinel-api", "10.96.0.12", [("http", 8080, "TCP"), ("grpc-web", 9090, "TCP")]),
+        service_links("sentinel-metrics", "fd00::1", [("metrics", 9100, "TCP"), ("dns", 53, "UDP")]),
+        service_links("sentinel-kafka", "10.96.0.13", [("sctp-x", 3868, "SCTP")]),
+    ],
+    ids=["sentinel", "unnamed-port", "sentinel-api", "ipv6-udp", "sctp"],
+)
+def test_service_links_are_ignored_silently(links: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    config = load_config(environ={**links, "SENTINEL_KAFKA__TOPIC": "logs"})
+    assert config.kafka.topic == "logs"
+    assert config.api.port == 8080
+    assert not caplog.records, caplog.text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "hint"),
+    [
+        ("SENTINEL_KAFKA_BOOTSTRAP_SERVERS", "broker:9092", "SENTINEL_KAFKA__BOOTSTRAP_SERVERS"),
+        ("SENTINEL_PORT", "9090", "SENTINEL_API__PORT"),  # not a kubelet's value: someone meant a setting
+        ("SENTINEL_MODELS__fraud__WINDOWS", "5m", "SENTINEL_MODELS__fraud__WINDOW"),
+        ("SENTINEL_DEFAULTS__REFERENCE__SOURCES", "file", "SENTINEL_DEFAULTS__REFERENCE__SOURCE"),
+        ("SENTINEL_SOMETHING_ELSE", "1", None),
+        ("SENTINEL_", "1", None),
+    ],
+)
+def test_a_variable_that_names_no_setting_warns_once_and_is_ignored(
+    variable: str, value: str, hint: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    config = load_config(environ={variable: value})
+    assert config == load_config(environ={})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and variable in warnings[0], warnings
+    if hint is None:
+        assert "did you mean" not in warnings[0]
+    else:
+        assert f"did you mean {hint}?" in warnings[0]
 
 
 def test_missing_or_broken_file(tmp_path: Path) -> None:
