@@ -409,6 +409,7 @@ def test_the_pod_runs_non_root_on_a_read_only_root_filesystem(
     assert security["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # no SENTINEL_SERVICE_HOST & co. in the environment
     # Whatever writes on a read-only root filesystem has an emptyDir: /tmp, and SQLite's directory.
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     writable = {m["mountPath"] for m in sentinel["volumeMounts"] if m["name"] in empty_dirs}
