@@ -1,5 +1,8 @@
 """The retention job: delete stored history older than its configured age, a bounded amount per run.
 
+An age counts from when Sentinel stored the data, not from event time (see :mod:`storage.purge`): a replay of
+last year's events is kept for the configured period, not deleted by the next run.
+
 Safe on every replica at once: each batch is its own short transaction and, on PostgreSQL, takes rows with
 ``SKIP LOCKED`` (see :mod:`storage.purge`), so two replicas split the work instead of repeating it.
 """
@@ -22,8 +25,9 @@ MAX_BATCHES_PER_RUN = 50
 
 
 def purge_expired(retention: Retention, settings: RetentionSettings, now: datetime) -> dict[str, int]:
-    """Delete what is older than its age at ``now``; returns the rows deleted per kind (windows, dead
-    letters, resolved alerts). Raises StorageUnavailable if the database goes away (the next run goes on)."""
+    """Delete what was stored longer than its age before ``now``; returns the rows deleted per kind
+    (windows, dead letters, resolved alerts). Raises StorageUnavailable if the database goes away (the next
+    run goes on)."""
     jobs = (
         ("windows", settings.windows, retention.purge_windows),
         ("dead_letters", settings.dead_letters, retention.purge_dead_letters),
@@ -43,5 +47,5 @@ def purge_expired(retention: Retention, settings: RetentionSettings, now: dateti
         deleted[kind] = total
         if total:
             what = kind.replace("_", " ")
-            log.info("retention: deleted %d %s older than %s", total, what, before.isoformat())
+            log.info("retention: deleted %d %s stored before %s", total, what, before.isoformat())
     return deleted

@@ -182,12 +182,18 @@ class DetectorState(Base):
 
 
 class Window(Base):
-    """A closed, evaluated window of one model's events."""
+    """A closed, evaluated window of one model's events.
+
+    ``closed_at`` is when Sentinel closed and stored the window, by the pipeline's clock (the wall clock, in a
+    replay too), never an event time; retention counts a window's age from it, so a backfill of old events is
+    kept for the configured period. Its index serves the retention job.
+    """
 
     __tablename__ = "windows"
     __table_args__ = (
         UniqueConstraint("model", "start"),
         Index(None, "model", "end"),
+        Index(None, "closed_at"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

@@ -1,5 +1,9 @@
 """Deleting what is older than its retention age, in bounded batches.
 
+Ages count from when Sentinel stored the data, never from event time, so a replayed backfill of old history
+is kept for the configured period like live data: a window from ``closed_at`` (when the pipeline closed and
+stored it, by its clock), a dead letter from ``received_at``, a resolved alert from ``resolved_at``.
+
 Each call deletes at most ``batch`` rows of its kind in one short transaction, so a purge of months of history
 never holds locks for long or grows one transaction without bound; the caller repeats until a call returns 0.
 On PostgreSQL the rows are picked with ``FOR UPDATE SKIP LOCKED``: replicas purging at the same moment take
@@ -40,12 +44,12 @@ class Retention(EngineBound):
         return [int(i) for i in session.scalars(query)]
 
     def purge_windows(self, before: datetime, batch: int = 1000) -> int:
-        """Delete up to ``batch`` windows that ended before ``before``, with their events, results and
-        anomalies; returns how many windows went."""
+        """Delete up to ``batch`` windows stored (closed) before ``before``, whatever their event times, with
+        their events, results and anomalies; returns how many windows went."""
         require_aware(before, "before")
         limit = check_limit(batch)
         with self._transaction("purging old windows", write=True) as session:
-            ids = self._pick(session, select(WINDOWS.c.id).where(WINDOWS.c.end < before).limit(limit))
+            ids = self._pick(session, select(WINDOWS.c.id).where(WINDOWS.c.closed_at < before).limit(limit))
             if not ids:
                 return 0
             # Children first and explicitly: events have no ON DELETE CASCADE, and SQLite only cascades with

@@ -634,7 +634,7 @@ def test_results_stored_before_the_upgrade_are_not_alerted_and_the_schema_matche
             }
             conn.execute(insert(results).values(values))
         migrate(engine)
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
         with engine.connect() as conn:
             diff = compare_metadata(
                 MigrationContext.configure(conn, opts={"compare_type": True}), orm.Base.metadata
