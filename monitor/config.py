@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from detectors.registry import DETECTORS, create_detector
+from detectors.registry import DETECTORS, check_detector_id, create_detector
 from monitor.alerting.settings import AlertingSettings
 from monitor.api.settings import ApiSettings
 from monitor.errors import ConfigError
@@ -48,6 +48,8 @@ DEFAULT_DETECTORS = (
     "extraction",
     "probing",
 )
+# Validation context key: False skips building each configured detector to check its parameters.
+CHECK_DETECTOR_PARAMS = "check_detector_params"
 # Detectors that run a VAE of their own on the inputs: it gets vae_anomaly's network settings.
 VAE_USERS = ("backdoor", "evasion")
 
@@ -186,14 +188,17 @@ class ModelSettings(StrictSettings):
     @field_validator("detectors")
     @classmethod
     def _detectors_exist(
-        cls, value: dict[str, dict[str, Any] | bool | None]
+        cls, value: dict[str, dict[str, Any] | bool | None], info: ValidationInfo
     ) -> dict[str, dict[str, Any] | bool | None]:
+        check_params = (info.context or {}).get(CHECK_DETECTOR_PARAMS, True)
         for detector_id, params in value.items():
             if params is False:
                 continue
-            if params is True or params is None:
-                params = {}
-            # Building the detector checks the id and every parameter with the detector's own rules.
+            check_detector_id(detector_id)
+            if not check_params or params is True or not params:
+                continue  # the defaults of a known detector are valid
+            # Building the detector checks every parameter with the detector's own rules. It imports the
+            # detector (torch, scipy), so a command that runs no detector skips it (see load_config).
             try:
                 create_detector(detector_id, params)
             except (ValueError, TypeError) as exc:
@@ -310,8 +315,18 @@ def redact_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
-    """Read, merge and validate the configuration; raise :class:`ConfigError` naming every bad key."""
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_detector_params: bool = True,
+) -> AppConfig:
+    """Read, merge and validate the configuration; raise :class:`ConfigError` naming every bad key.
+
+    ``check_detector_params=False`` checks detector ids but not their parameters, which takes building
+    each detector (importing torch and scipy): for commands that run no detector, such as ``sentinel
+    alerts``. Commands that run detectors keep the check, so a bad parameter fails at start.
+    """
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     path = path if path is not None else environ.get("SENTINEL_CONFIG")
@@ -330,7 +345,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     environment = read_environment(AppConfig, environ)
     data = _deep_merge(data, environment.tree)
     try:
-        return AppConfig.model_validate(data)
+        return AppConfig.model_validate(data, context={CHECK_DETECTOR_PARAMS: check_detector_params})
     except ValidationError as exc:
         raise ConfigError([_describe(error, environment) for error in exc.errors()]) from None
 
