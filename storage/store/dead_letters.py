@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Engine, insert, select
 
@@ -51,12 +52,17 @@ class DeadLetterStore(EngineBound):
         with self._transaction("storing dead letters", write=True) as session:
             session.execute(insert(DEAD_LETTERS), values)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The latest ``limit`` dead letters, newest first."""
-        stmt = (
-            select(orm.DeadLetter)
-            .order_by(orm.DeadLetter.received_at.desc(), orm.DeadLetter.id.desc())
-            .limit(check_limit(limit))
-        )
+    def dead_letters(
+        self, limit: int = 100, *, model: str | None = None, since: datetime | None = None
+    ) -> list[DeadLetter]:
+        """The latest ``limit`` dead letters, newest first; only ``model``'s, or those received at or after
+        ``since``, when given."""
+        stmt = select(orm.DeadLetter)
+        if model is not None:
+            stmt = stmt.where(orm.DeadLetter.model == model)
+        if since is not None:
+            stmt = stmt.where(orm.DeadLetter.received_at >= since)
+        newest_first = (orm.DeadLetter.received_at.desc(), orm.DeadLetter.id.desc())
+        stmt = stmt.order_by(*newest_first).limit(check_limit(limit))
         with self._transaction("reading dead letters") as session:
             return [record_from_row(DeadLetter, d) for d in session.scalars(stmt)]
