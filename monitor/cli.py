@@ -1,253 +1,207 @@
-"""The ``sentinel`` command line: ``run`` (the daemon), ``replay``, ``demo``, ``alerts`` and ``migrate``."""
+"""The ``sentinel`` command line: ``run`` (the daemon), ``replay``, ``demo``, ``alerts``, ``dead-letters`` and
+``migrate``.
+
+This module parses and dispatches; what each command does is in :mod:`monitor.cli_commands`. The daemon, the
+pipeline and the demo, which import every detector (torch, scipy: seconds), are imported only by the commands
+that run them, so ``--help``, ``--version``, ``alerts``, ``dead-letters`` and ``migrate`` answer at once.
+Detector parameters are checked (by building each detector) only for the commands that run detectors.
+
+Exit status: 0 done; 2 a usage or configuration error, named; 3 a database error; 130 interrupted; 141 the
+reader of the output went away (``sentinel alerts --json | head -1``), as for a shell tool ended by SIGPIPE.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any
 
-from detectors.base import DetectionResult
-from monitor.config import AppConfig, load_config, redact_url
-from monitor.database import open_store
+from monitor.cli_commands import CommandError
 from monitor.errors import ConfigError
-from monitor.logs import configure_logging
-from monitor.pipeline import ClosedWindow, Pipeline, RawMessage
-from monitor.windows import Position
-from storage import StorageError
 
-log = logging.getLogger("sentinel.cli")
+if TYPE_CHECKING:
+    from monitor.cli_commands.replay import format_window, replay
+    from monitor.config import AppConfig
+
+__all__ = ["build_parser", "format_window", "main", "replay"]
+
+USAGE_ERROR = 2
+DATABASE_ERROR = 3
+INTERRUPTED = 130
+OUTPUT_CLOSED = 128 + 13  # 128 + SIGPIPE: what a shell reports for a tool that a closed pipe ended
+
+CONFIG_HELP = "YAML configuration file (default: $SENTINEL_CONFIG; SENTINEL_* variables override it)"
+DB_HELP = (
+    "database URL, overriding the configuration: sqlite:///relative/path.db, sqlite:////absolute/path.db "
+    "or postgresql+psycopg://user:password@host/name"
+)
+EPILOG = (
+    "exit status: 0 done, 2 usage or configuration error, 3 database error, 130 interrupted, "
+    "141 output pipe closed"
+)
+# Commands that run detectors: only they check every detector parameter by building the detector.
+RUNS_DETECTORS = frozenset({"run", "replay"})
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sentinel", description="Watch deployed ML models for drift and attack."
+def _package_version() -> str:
+    try:
+        return version("sentinel-monitor")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--db", metavar="URL", help=DB_HELP)
+
+
+def _add_history_filters(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--model", help=f"only the {what} of this model id")
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="RFC 3339 time (UTC if no offset), or a duration back from now: 2h, 1d",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--limit", type=int, default=50, help=f"at most this many {what}, newest first (default 50)"
+    )
 
-    run = sub.add_parser("run", help="the daemon: consume, window, detect, store")
-    run.add_argument("--config", type=Path, help="YAML configuration file (or SENTINEL_CONFIG)")
 
-    replay = sub.add_parser("replay", help="feed a JSONL file of events through the pipeline, then exit")
-    replay.add_argument("file", type=Path)
-    replay.add_argument("--config", type=Path)
-    replay.add_argument("--db", help="database URL (overrides the configuration)")
-    replay.add_argument("--json", action="store_true", help="print each stored window result as JSON")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sentinel`` argument parser; every argument has its help text."""
+    parser = argparse.ArgumentParser(
+        prog="sentinel", description="Watch deployed ML models for drift and attack.", epilog=EPILOG
+    )
+    parser.add_argument("--version", action="version", version=f"sentinel {_package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+
+    run = sub.add_parser("run", help="the daemon: consume, window, detect, store", epilog=EPILOG)
+    run.add_argument("--config", type=Path, help=CONFIG_HELP)
+
+    replay_ = sub.add_parser("replay", help="feed a JSONL file of events through the pipeline, then exit")
+    replay_.add_argument("file", type=Path, help="JSONL file, one prediction-log event per line")
+    _add_source(replay_)
+    replay_.add_argument("--json", action="store_true", help="print each stored window result as JSON")
 
     demo = sub.add_parser(
         "demo", help="the main job on embedded defaults: broker, SQLite, a model under attack"
     )
     demo.add_argument("--fast", action="store_true", help="shorter windows and phases")
-    demo.add_argument("--bootstrap-servers", help="use this Kafka instead of starting the embedded broker")
-    demo.add_argument("--db", help="database URL (default: SQLite in ./sentinel-demo)")
+    demo.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="use this Kafka instead of starting the embedded broker",
+    )
+    demo.add_argument("--db", metavar="URL", help="database URL (default: SQLite in ./sentinel-demo)")
 
-    alerts = sub.add_parser("alerts", help="query the alert history")
-    alerts.add_argument("--config", type=Path)
-    alerts.add_argument("--db", help="database URL (overrides the configuration)")
-    alerts.add_argument("--model")
-    alerts.add_argument("--detector")
-    alerts.add_argument("--state", choices=["firing", "resolved"])
+    alerts = sub.add_parser("alerts", help="query the alert history", epilog=EPILOG)
+    _add_source(alerts)
+    _add_history_filters(alerts, "alerts")
+    alerts.add_argument("--detector", help="only the alerts of this detector id, e.g. feature_drift")
+    alerts.add_argument("--state", choices=["firing", "resolved"], help="only firing or only resolved alerts")
     alerts.add_argument("--severity", help="info, warning or critical; several separated by commas")
-    alerts.add_argument("--since", help="RFC 3339 time, or a duration back from now such as 2h or 1d")
-    alerts.add_argument("--limit", type=int, default=50)
     alerts.add_argument("--json", action="store_true", help="the alerts as JSON, as the API shows them")
 
-    mig = sub.add_parser("migrate", help="create or upgrade the database schema")
-    mig.add_argument("--config", type=Path)
-    mig.add_argument("--db", help="database URL (overrides the configuration)")
+    letters = sub.add_parser(
+        "dead-letters", help="list the messages the intake refused, with the reason", epilog=EPILOG
+    )
+    _add_source(letters)
+    _add_history_filters(letters, "dead letters")
+    letters.add_argument(
+        "--json", action="store_true", help="as JSON, with the raw bytes in base64 (raw_base64)"
+    )
+
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema", epilog=EPILOG)
+    _add_source(mig)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one ``sentinel`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    # Imported once the arguments are parsed: --help and --version need no database or settings code.
+    from storage import StorageError
+
     try:
-        if args.command == "demo":
-            from monitor.demo.runner import run_demo
-
-            return run_demo(fast=args.fast, bootstrap_servers=args.bootstrap_servers, database_url=args.db)
-        config = _config(args)
-        configure_logging(config.log.level, config.log.json_lines)
-        if args.command == "run":
-            from monitor.daemon import Daemon
-
-            daemon = Daemon(config)
-            daemon.install_signal_handlers()
-            return daemon.run()
-        if args.command == "replay":
-            return replay(args.file, config, as_json=args.json)
-        if args.command == "migrate":
-            with open_store(config) as database:
-                database.migrate()
-            print(f"database schema is up to date ({redact_url(config.database_url)})")
-            return 0
-        if args.command == "alerts":
-            return _alerts(config, args)
-    except ConfigError as exc:
+        status = _dispatch(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside the try and not at exit
+        return status
+    except BrokenPipeError:
+        # Python's advice (the signal module's notes on SIGPIPE): point stdout at devnull, so that the
+        # interpreter's final flush does not raise again, and exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return OUTPUT_CLOSED
+    except (CommandError, ConfigError) as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except StorageError as exc:
         print(f"sentinel: database error: {exc}", file=sys.stderr)
-        return 3
+        return DATABASE_ERROR
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from monitor.cli_commands.database import database_url
+    from monitor.logs import configure_logging
+
+    if args.command == "demo":
+        from monitor.demo.runner import run_demo
+
+        url = database_url("", args.db) if args.db else None
+        return run_demo(fast=args.fast, bootstrap_servers=args.bootstrap_servers, database_url=url)
+    config = _config(args)
+    configure_logging(config.log.level, config.log.json_lines)
+    if args.command == "run":
+        from monitor.daemon import Daemon
+
+        daemon = Daemon(config)
+        daemon.install_signal_handlers()
+        return daemon.run()
+    if args.command == "replay":
+        from monitor.cli_commands.replay import replay as replay_file
+
+        return replay_file(args.file, config, as_json=args.json)
+    if args.command == "migrate":
+        from monitor.config import redact_url
+        from monitor.database import open_store
+
+        with open_store(config) as database:
+            database.migrate()
+        print(f"database schema is up to date ({redact_url(config.database_url)})")
+        return 0
+    from monitor.cli_commands import history
+
+    if args.command == "alerts":
+        return history.list_alerts(config, args)
+    if args.command == "dead-letters":
+        return history.list_dead_letters(config, args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
-    config = load_config(getattr(args, "config", None))
-    db = getattr(args, "db", None)
-    if db:
-        config = config.model_copy(update={"database_url": db})
-    return config
+    """The configuration of the command, ``--db`` applied and checked before anything connects."""
+    from monitor.cli_commands.database import check_sqlite_directory, database_url
+    from monitor.config import load_config
+
+    config = load_config(getattr(args, "config", None), check_detector_params=args.command in RUNS_DETECTORS)
+    url = database_url(config.database_url, getattr(args, "db", None))
+    check_sqlite_directory(url)
+    return config.model_copy(update={"database_url": url})
 
 
-def replay(path: Path, config: AppConfig, *, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Feed a JSONL file through the pipeline on event time only, close every window, exit."""
-    stream = out if out is not None else sys.stdout
-    database = open_store(config)
-    database.migrate()
-    store = database.store
+def __getattr__(name: str) -> Any:
+    # ``replay`` and ``format_window`` stay importable from here without every command importing the pipeline.
+    if name in ("replay", "format_window"):
+        from monitor.cli_commands import replay as replay_module
 
-    def show(closed: ClosedWindow) -> None:
-        print(format_window(closed, as_json=as_json), file=stream)
-
-    pipeline = Pipeline(config, store, live=False, on_window=show)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        print(f"sentinel: cannot read {path}: {exc.strerror}", file=sys.stderr)
-        return 2
-    with handle:
-        for number, line in enumerate(handle):
-            pipeline.ingest(RawMessage(line.rstrip(b"\r\n"), Position(str(path), 0, number)))
-            if number % 200 == 0:
-                pipeline.flush()
-                pipeline.fit_pending()
-                pipeline.close_due()
-    pipeline.flush()
-    pipeline.fit_pending()
-    pipeline.close_due(final=True)
-    counters = pipeline.counters
-    print(
-        f"replayed {counters['consumed']} messages: {counters['accepted']} accepted, "
-        f"{counters['rejected']} dead-lettered, {counters['duplicates']} duplicates, {counters['late']} late",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def format_window(closed: ClosedWindow, *, as_json: bool = False) -> str:
-    """One line per stored window: its span, count and each detector's verdict."""
-    stored = closed.stored
-    if as_json:
-        return json.dumps(
-            {
-                "model": stored.model,
-                "window_start": stored.start.isoformat(),
-                "window_end": stored.end.isoformat(),
-                "n_events": stored.n_events,
-                "results": [
-                    {
-                        "detector": r.detector,
-                        "status": r.status.value,
-                        "statistic": r.statistic,
-                        "threshold": r.threshold,
-                        "p_value": r.p_value,
-                        "reason": r.reason,
-                    }
-                    for r in closed.results
-                ],
-            }
-        )
-    alerting = [r for r in closed.results if r.status.value == "alert"]
-    skipped = [r for r in closed.results if r.status.value == "skipped"]
-    quiet = [r.detector for r in closed.results if r.status.value == "ok"]
-    parts = [
-        f"{r.detector} ALERT p={r.p_value:.2g}{_evidence_hint(r)}"
-        if r.p_value is not None
-        else f"{r.detector} ALERT"
-        for r in alerting
-    ]
-    if quiet:
-        parts.append(f"ok: {', '.join(quiet)}")
-    parts += [f"{r.detector} skipped ({r.reason})" for r in skipped]
-    return (
-        f"{stored.model} {stored.start:%Y-%m-%d %H:%M:%S}-{stored.end:%H:%M:%S} n={stored.n_events}  "
-        + "; ".join(parts)
-    )
-
-
-def _evidence_hint(result: DetectionResult) -> str:
-    """A few words of the evidence: what moved, or how much of the window was anomalous."""
-    evidence = result.evidence
-    drifted = evidence.get("drifted")
-    if isinstance(drifted, list) and drifted:
-        names = ", ".join(str(d.get("feature")) for d in drifted[:3] if isinstance(d, dict))
-        more = f" +{len(drifted) - 3}" if len(drifted) > 3 else ""
-        return f" ({names}{more})"
-    if result.detector == "vae_anomaly" and result.statistic is not None:
-        return f" ({result.statistic:.0%} of inputs anomalous)"
-    if "window_accuracy" in evidence and "reference_accuracy" in evidence:
-        return f" (accuracy {evidence['window_accuracy']:.2f} vs {evidence['reference_accuracy']:.2f})"
-    return ""
-
-
-def _alerts(config: AppConfig, args: argparse.Namespace) -> int:
-    """``sentinel alerts``: the alert history, newest first, as a table or as JSON."""
-    from datetime import UTC, datetime, timedelta
-
-    from monitor.alerting import alert_document
-    from monitor.settings_base import parse_duration
-
-    since = None
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            try:
-                since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
-            except ValueError:
-                problem = f"--since {args.since!r} is not an RFC 3339 time or a duration"
-                print(f"sentinel: {problem}", file=sys.stderr)
-                return 2
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)  # times are UTC in and out
-    severities = [s.strip() for s in args.severity.split(",") if s.strip()] if args.severity else None
-    bad = [s for s in severities or [] if s not in ("info", "warning", "critical")]
-    if bad:
-        print(f"sentinel: unknown severity {bad[0]!r}; use info, warning or critical", file=sys.stderr)
-        return 2
-    if args.limit < 1:
-        print("sentinel: --limit must be at least 1", file=sys.stderr)
-        return 2
-    with open_store(config) as database:
-        rows = database.alerts.list_alerts(
-            model=args.model,
-            detector=args.detector,
-            state=args.state,
-            severities=severities,
-            since=since,
-            limit=args.limit,
-        )
-    if args.json:
-        print(json.dumps([alert_document(row) for row in rows], indent=2))
-        return 0
-    if not rows:
-        print("no alerts")
-        return 0
-    print(
-        f"{'id':>6}  {'last seen (UTC)':<19}  {'state':<8}  {'severity':<8}  {'count':>5}  "
-        f"{'model':<20}  {'detector':<18}  title"
-    )
-    for row in rows:
-        print(
-            f"{row.id:>6}  {row.last_seen:%Y-%m-%d %H:%M:%S}  {row.state:<8}  {row.severity:<8}  "
-            f"{row.count:>5}  {row.model:<20}  {row.detector:<18}  {row.title}"
-        )
-    return 0
+        return getattr(replay_module, name)
+    raise AttributeError(f"module 'monitor.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

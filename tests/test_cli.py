@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,13 +18,15 @@ from alembic import command
 
 from monitor.broker import free_port
 from monitor.cli import main
-from storage import AlertStore, make_engine
+from storage import AlertStore, DeadLetterIn, Store, make_engine, migrate
 from storage.crypto import generate_key, key_file_for
 from storage.migrate import alembic_config
 from tests.daemon_process import DaemonProcess
 from tests.test_config import service_links
 
 SENTINEL = str(Path(sys.executable).with_name("sentinel"))
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+T1, T2 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,6 +43,18 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     assert "kafka.session_timeout_ms" in result.stderr
     assert "models.m1.window" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_detector_parameter_fails_run_at_start_but_not_a_reading_command(tmp_path: Path) -> None:
+    # Checking a parameter takes building the detector: only the commands that run detectors do it.
+    config = tmp_path / "sentinel.yaml"
+    detectors = "defaults:\n  detectors:\n    vae_anomaly: {quantile: 7}\n"
+    config.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\n{detectors}")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "defaults.detectors" in result.stderr and "quantile" in result.stderr
+    assert run_cli("migrate", "--config", str(config)).returncode == 0
+    assert run_cli("alerts", "--config", str(config)).stdout == "no alerts\n"
 
 
 def test_bad_environment_fails_naming_the_key() -> None:
@@ -72,6 +90,90 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     result = run_cli("migrate", "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.db").exists()
+
+
+# ------------------------------------------------------------------------------------ database URLs and paths
+
+
+@pytest.mark.parametrize("bare", ["x.db", "/tmp/sentinel-x.db"])
+def test_a_bare_path_for_db_is_refused_showing_the_url_form(bare: str) -> None:
+    result = run_cli("alerts", "--db", bare)
+    assert result.returncode == 2
+    assert repr(bare) in result.stderr and f"sqlite:///{bare}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["migrate", "alerts"])
+def test_a_sqlite_file_in_a_missing_directory_is_named(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "missing" / "x.db"
+    result = run_cli(command, "--db", f"sqlite:///{path}")
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "no directory" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["alerts", "dead-letters"])
+def test_a_read_only_command_creates_no_database(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "typo.db"
+    result = run_cli(command, "--db", f"sqlite:///{path}")
+    assert result.returncode == 2
+    assert f"no database at '{path}'" in result.stderr
+    assert not path.exists()
+
+
+def test_a_database_without_the_schema_says_to_migrate(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    make_engine(f"sqlite:///{path}").dispose()
+    sqlite3.connect(path).close()
+    result = run_cli("dead-letters", "--db", f"sqlite:///{path}")
+    assert result.returncode == 2
+    assert "sentinel migrate" in result.stderr
+
+
+# -------------------------------------------------------------------------------------------- dead letters
+
+
+def _database_with_dead_letters(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    try:
+        migrate(engine)
+        Store(engine).add_dead_letters(
+            [
+                DeadLetterIn("events", 0, 7, None, b'{"model": "m1", "features"', "invalid JSON", "m1", T0),
+                DeadLetterIn("events", 1, 8, b"k", b"\x1b[2J\xff" + b"y" * 200, "not UTF-8", None, T1),
+                DeadLetterIn("events", 0, 9, None, b"{}", "model 'm2' is not configured", "m2", T2),
+            ]
+        )
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_dead_letters_are_listed_newest_first_with_a_safe_preview(tmp_path: Path) -> None:
+    url = _database_with_dead_letters(tmp_path / "x.db")
+    result = run_cli("dead-letters", "--db", url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "reason" in lines[0] and "topic/partition/offset" in lines[0]
+    reasons = [line for line in lines[1:] if "events/" in line]  # each is followed by its preview
+    assert ["configured" in reasons[0], "UTF-8" in reasons[1], "invalid JSON" in reasons[2]] == [True] * 3
+    assert "events/1/8" in reasons[1] and "events/0/7" in reasons[2]
+    assert "\x1b" not in result.stdout  # the escape byte itself never reaches the terminal
+    assert "\\x1b[2J\\xff" in result.stdout and "(205 bytes)" in result.stdout
+
+
+def test_dead_letters_filter_by_model_time_and_limit(tmp_path: Path) -> None:
+    url = _database_with_dead_letters(tmp_path / "x.db")
+    result = run_cli("dead-letters", "--db", url, "--json", "--model", "m1")
+    assert [d["offset"] for d in json.loads(result.stdout)] == [7]
+    result = run_cli("dead-letters", "--db", url, "--json", "--since", T1.isoformat())
+    assert [d["offset"] for d in json.loads(result.stdout)] == [9, 8]
+    result = run_cli("dead-letters", "--db", url, "--json", "--limit", "1")
+    [newest] = json.loads(result.stdout)
+    assert newest["reason"] == "model 'm2' is not configured"
+    assert base64.b64decode(newest["raw_base64"]) == b"{}" and newest["size"] == 2
+    assert run_cli("dead-letters", "--db", url, "--since", "soon").returncode == 2
+    assert run_cli("dead-letters", "--db", url, "--model", "nobody").stdout == "no dead letters\n"
 
 
 # ------------------------------------------------------------------------------ the configured secret key
