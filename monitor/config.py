@@ -194,13 +194,12 @@ class ModelSettings(StrictSettings):
         for detector_id, params in value.items():
             if params is False:
                 continue
-            check_detector_id(detector_id)
-            if not check_params or params is True or not params:
-                continue  # the defaults of a known detector are valid
             # Building the detector checks every parameter with the detector's own rules. It imports the
-            # detector (torch, scipy), so a command that runs no detector skips it (see load_config).
+            # detector (torch, scipy), so a command that runs none checks only the id (see load_config).
             try:
-                create_detector(detector_id, params)
+                check_detector_id(detector_id)
+                if check_params and isinstance(params, dict) and params:
+                    create_detector(detector_id, params)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{detector_id}: {exc}") from exc
         return value

@@ -78,7 +78,7 @@ def test_environment_wins_over_file(tmp_path: Path) -> None:
         ("defaults:\n  window: -5m\n", "defaults.window", "duration"),
         ("models:\n  m1:\n    window: often\n", "models.m1.window", "duration"),
         ("models:\n  m1:\n    reference: {source: file}\n", "models.m1.reference", "needs 'path'"),
-        ("models:\n  m1:\n    detectors: {nonsense: {}}\n", "models.m1.detectors", "vae_anomaly"),
+        ("models:\n  m1:\n    detectors: {nonsense: {}}\n", "models.m1.detectors", "nonsense: unknown"),
         ("models:\n  m1:\n    detectors: {vae_anomaly: {quantile: 7}}\n", "models.m1.detectors", "quantile"),
         ("models:\n  'bad id!': {}\n", "models", "must match"),
         ("database_url: mysql://x\n", "database_url", "sqlite"),
