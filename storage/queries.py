@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from storage import models as orm
 from storage.alert_store import AlertStore
@@ -52,6 +52,12 @@ class AlertChanges:
 class ReadQueries(EngineBound):
     """Read-only queries over every table; one transaction per call, errors as StorageError."""
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # The pages that the stores already list (alerts, window results) are theirs, on the same engine.
+        self._alerts = AlertStore(engine)
+        self._store = Store(engine)
+
     def alerts_page(
         self,
         *,
@@ -66,7 +72,7 @@ class ReadQueries(EngineBound):
         limit: int = 100,
     ) -> list[AlertRecord]:
         """Alerts newest first by (immutable) id, so pages stay stable while new alerts arrive."""
-        return AlertStore(self.engine).list_alerts(
+        return self._alerts.list_alerts(
             model=model,
             detector=detector,
             threat=threat,
@@ -90,7 +96,7 @@ class ReadQueries(EngineBound):
         limit: int = 100,
     ) -> list[WindowResultRecord]:
         """Window results, latest window first then id descending, strictly after the keyset ``after``."""
-        return Store(self.engine).window_results(
+        return self._store.window_results(
             model=model, detector=detector, since=since, until=until, limit=limit, order="id", after=after
         )
 

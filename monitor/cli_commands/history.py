@@ -18,6 +18,7 @@ from monitor.cli_commands.database import open_existing
 from monitor.config import AppConfig
 from monitor.settings_base import parse_duration
 from storage import AlertRecord, DeadLetter
+from storage.alert_store import SEVERITIES
 
 __all__ = [
     "dead_letter_document",
@@ -28,7 +29,6 @@ __all__ = [
     "show",
 ]
 
-SEVERITIES = ("info", "warning", "critical")
 PREVIEW_CHARS = 60  # of a dead letter's escaped payload in the table
 Row = TypeVar("Row")
 
